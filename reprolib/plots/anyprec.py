@@ -1,0 +1,3 @@
+"""Figures of the anyprec notebooks."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures of the eqnet notebooks."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures of the qts notebooks."""
+
+__all__: list[str] = []
