@@ -1,0 +1,3 @@
+"""anyprec (placeholder until written)."""
+
+__all__: list[str] = []

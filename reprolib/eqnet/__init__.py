@@ -1,0 +1,21 @@
+"""EQ-Net: Elastic Quantization Neural Networks (Xu et al., ICCV 2023).
+
+One weight-shared supernet whose bit-width, granularity and symmetry switch at runtime.
+
+* :mod:`.quantizer` — the elastic quantizer (a step, and an offset, per bit-width and form).
+* :mod:`.space` — subnet configurations and their samplers (highest, lowest, random).
+* :mod:`.losses` — Weight Distribution Regularization and Group Progressive Guidance.
+* :mod:`.training` — the supernet's training step.
+* :mod:`.accounting` — average bits and BitOPs of a configuration.
+* :mod:`.predictor` — the Conditional QAP accuracy predictor.
+* :mod:`.search` — the genetic mixed-precision search.
+
+Everything is re-exported here: ``from reprolib import eqnet; eqnet.wdr_loss(...)``.
+"""
+from .quantizer import *  # noqa: F401,F403
+from .space import *  # noqa: F401,F403
+from .losses import *  # noqa: F401,F403
+from .training import *  # noqa: F401,F403
+from .accounting import *  # noqa: F401,F403
+from .predictor import *  # noqa: F401,F403
+from .search import *  # noqa: F401,F403

@@ -1,0 +1,3 @@
+"""EQ-Net: accounting (placeholder until written)."""
+
+__all__: list[str] = []

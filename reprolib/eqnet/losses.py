@@ -1,0 +1,3 @@
+"""EQ-Net: losses (placeholder until written)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""EQ-Net: predictor (placeholder until written)."""
+
+__all__: list[str] = []

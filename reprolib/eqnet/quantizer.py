@@ -1,0 +1,3 @@
+"""EQ-Net: quantizer (placeholder until written)."""
+
+__all__: list[str] = []

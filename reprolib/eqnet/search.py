@@ -1,0 +1,3 @@
+"""EQ-Net: search (placeholder until written)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""EQ-Net: space (placeholder until written)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""EQ-Net: training (placeholder until written)."""
+
+__all__: list[str] = []

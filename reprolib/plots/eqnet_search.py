@@ -1,0 +1,3 @@
+"""Figures of the EQ-Net search notebook (04)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""qts (placeholder until written)."""
+
+__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""Widgets of the Any-Precision notebook (05)."""

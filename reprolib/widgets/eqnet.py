@@ -1,0 +1,1 @@
+"""Widgets of the EQ-Net search notebook (04)."""
