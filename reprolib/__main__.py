@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from .claims import build_report
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+DEFAULT_RESULTS = "../results"  # the parameters cell's default, relative to notebooks/
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
@@ -33,19 +35,24 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
 def reproduce(quick: bool, only: list[str] | None, inplace: bool, results: Path) -> int:
     import papermill as pm
 
-    results = results.resolve()
+    # Executed in place, the committed notebooks keep their own results_dir parameter.
+    results = (NOTEBOOKS / DEFAULT_RESULTS).resolve() if inplace else results.resolve()
     results.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("REPROLIB_PROGRESS", "0")  # executed notebooks keep results, not frozen bars
     failed: list[str] = []
     todo = notebooks(only)
     for i, nb in enumerate(todo, 1):
         out = nb if inplace else results / nb.name
         print(f"[{i}/{len(todo)}] {nb.stem} ({'quick' if quick else 'default'} mode) ...", flush=True)
         t0 = time.perf_counter()
+        # Inject only what differs from the parameters cell, as a relative path: the executed
+        # notebooks (committed ones included, with --inplace) stay free of machine-specific paths.
+        parameters = {"quick": True} if quick else {}
+        rel = os.path.relpath(results, NOTEBOOKS)
+        if rel != DEFAULT_RESULTS:
+            parameters["results_dir"] = rel
         try:
-            pm.execute_notebook(
-                str(nb), str(out), cwd=str(NOTEBOOKS), progress_bar=False,
-                parameters={"quick": quick, "results_dir": str(results)},
-            )
+            pm.execute_notebook(str(nb), str(out), cwd=str(NOTEBOOKS), progress_bar=False, parameters=parameters)
         except Exception as err:  # papermill raises PapermillExecutionError with the cell's traceback
             failed.append(nb.stem)
             print(f"    FAILED: {nb.stem}: {str(err).strip().splitlines()[-1] if str(err).strip() else err}", flush=True)

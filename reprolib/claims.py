@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Claim", "ClaimLog", "record", "load_claims", "build_report", "mean_std", "VERDICTS", "PAPERS"]
+__all__ = ["Claim", "ClaimLog", "record", "load_claims", "build_report", "mean_std", "greater_verdict",
+           "VERDICTS", "PAPERS"]
 
 VERDICTS = ("holds", "does not hold", "inconclusive")
 PAPERS = {
@@ -41,6 +42,23 @@ def mean_std(values: Sequence[float], digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
 
 
+def greater_verdict(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.05) -> bool | None:
+    """Is ``mean(a) > mean(b)`` beyond seed noise? One-sided Welch t-tests at level ``alpha``.
+
+    ``True`` when ``a`` is significantly greater, ``False`` when ``b`` is significantly greater,
+    ``None`` (inconclusive) otherwise, or when either side has fewer than two values.
+    """
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if ttest_ind(a, b, equal_var=False, alternative="greater").pvalue < alpha:
+        return True
+    if ttest_ind(a, b, equal_var=False, alternative="less").pvalue < alpha:
+        return False
+    return None
+
+
 def _verdict(holds: bool | None | str) -> str:
     if holds is True:
         return "holds"
@@ -57,7 +75,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "—"
     if isinstance(v, float):
-        return f"{v:.2f}"
+        return f"{round(v, 2):g}"
     return str(v)
 
 

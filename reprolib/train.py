@@ -39,6 +39,7 @@ __all__ = [
     "recalibrate_bn",
     "resolve_device",
     "seed_everything",
+    "progress_enabled",
     "save_checkpoint",
     "load_checkpoint",
 ]
@@ -46,6 +47,11 @@ __all__ = [
 StepFn = Callable[[nn.Module, Tensor, Tensor], "Tensor | dict[str, Tensor]"]
 EvalFn = Callable[[nn.Module, DataLoader, torch.device], dict[str, float]]
 EpochHook = Callable[[nn.Module, int], None]
+
+
+def progress_enabled() -> bool:
+    """Whether long work shows tqdm progress bars: yes, unless ``REPROLIB_PROGRESS=0``."""
+    return os.environ.get("REPROLIB_PROGRESS", "1").strip() != "0"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -85,7 +91,9 @@ class TrainConfig:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         seed: seeds Python, NumPy and torch at the start of :func:`fit`.
         checkpoint_dir: where ``last.pt`` is written after every epoch (``None``: no checkpoints).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (default: on, unless the environment variable
+            ``REPROLIB_PROGRESS`` is ``0``, as ``python -m reprolib reproduce`` sets it so that the
+            executed notebooks store results rather than frozen progress bars).
         desc: the progress bar's label.
     """
 
@@ -101,7 +109,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     checkpoint_dir: str | Path | None = None
-    progress: bool = True
+    progress: bool = field(default_factory=lambda: progress_enabled())
     desc: str = "train"
 
     def __post_init__(self) -> None:
@@ -170,17 +178,25 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device | str = 
 
 @torch.no_grad()
 def recalibrate_bn(
-    model: nn.Module, loader: DataLoader, num_batches: int = 10, device: torch.device | str = "auto"
+    model: nn.Module,
+    loader: DataLoader,
+    num_batches: int = 10,
+    device: torch.device | str = "auto",
+    *,
+    modules: Sequence[nn.Module] | None = None,
 ) -> None:
     """Re-estimate every BatchNorm's running mean and variance at the model's current precision.
 
     "Adaptive BN" (EQ-Net Sec. 4.1; Any-Precision's BN calibration, Sec. 4.3): reset the running
     statistics, then forward ``num_batches`` training batches in train mode with a cumulative
     moving average (``momentum=None``), so the statistics are the exact mean over those batches.
-    No parameter changes; the model's train/eval mode is restored.
+    No parameter changes; the model's train/eval mode is restored. ``modules`` limits the
+    re-estimation to those BatchNorms (e.g. the new copies of a switchable BN); the others keep
+    their statistics. Default: every BatchNorm of ``model``.
     """
     device = resolve_device(device)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    pool = model.modules() if modules is None else modules
+    bns = [m for m in pool if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
     saved = [(m, m.momentum) for m in bns]
@@ -189,6 +205,10 @@ def recalibrate_bn(
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    chosen = {id(m) for m in bns}
+    for m in model.modules():   # BatchNorms not chosen keep their statistics: eval mode
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in chosen:
+            m.eval()
     try:
         for i, (x, _) in enumerate(loader):
             if i >= num_batches:
