@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["staircase", "error_vs_bits", "ste_gradient", "lsq_step_gradient", "training_curves"]
 
@@ -83,5 +84,6 @@ def training_curves(histories: Mapping[str, Sequence[Sequence[float]]], *, ylabe
             std = arr.std(0, ddof=1)
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize="small")
     return fig
