@@ -32,6 +32,21 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
     return chosen
 
 
+def strip_execution_metadata(path: Path) -> None:
+    """Drop papermill's run records (absolute paths, timestamps, durations) from a notebook.
+
+    The committed notebooks keep their outputs and execution counts, nothing machine-specific.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    nbformat.write(nb, path)
+
+
 def reproduce(quick: bool, only: list[str] | None, inplace: bool, results: Path) -> int:
     import papermill as pm
 
@@ -57,6 +72,8 @@ def reproduce(quick: bool, only: list[str] | None, inplace: bool, results: Path)
             failed.append(nb.stem)
             print(f"    FAILED: {nb.stem}: {str(err).strip().splitlines()[-1] if str(err).strip() else err}", flush=True)
             continue
+        if inplace:
+            strip_execution_metadata(out)
         print(f"    done in {time.perf_counter() - t0:.0f} s -> {out}", flush=True)
     report = build_report(results)
     print(f"report: {report}")
