@@ -134,6 +134,11 @@ class LSQQuantizer(Quantizer):
     kernel, or one sample's activations). Each step is initialised on its first batch to
     ``2·mean|x| / sqrt(q_max)``.
 
+    The step is stored as ``log s`` (``log_step``), so that no optimizer can make it zero or
+    negative: Adam moves a parameter by about the learning rate whatever its gradient, which turns
+    an 8-bit step of ~0.01 negative within a few steps. The gradient reaching ``log s`` is LSQ's,
+    ``∂L/∂log s = s · g · ∂L/∂s``.
+
     Args:
         role: ``"weight"`` or ``"act"``.
         bits: the bit-width, or several (one step each; :func:`set_precision` picks).
@@ -167,7 +172,7 @@ class LSQQuantizer(Quantizer):
         self.signed = (role == "weight") if signed is None else signed
         shape = (channels,) + (1,) * (weight_dim - 1) if channels is not None else ()
         self.per_channel = channels is not None
-        self.step = nn.ParameterDict({str(b): nn.Parameter(torch.ones(shape)) for b in self.bit_widths})
+        self.log_step = nn.ParameterDict({str(b): nn.Parameter(torch.zeros(shape)) for b in self.bit_widths})
         self.register_buffer("initialized", torch.zeros(len(self.bit_widths), dtype=torch.bool))
         self.bits: int | None = max(self.bit_widths)
         self.precision = Precision.uniform(self.bits)
@@ -186,15 +191,22 @@ class LSQQuantizer(Quantizer):
             return x
         bits = self.bits
         idx = self.bit_widths.index(bits)
-        step = self.step[str(bits)]
+        log_step = self.log_step[str(bits)]
         if not self.initialized[idx]:
             with torch.no_grad():
                 dim = 0 if self.per_channel else None
-                step.copy_(lsq_init_step(x, bits, self.signed, dim=dim).reshape(step.shape))
+                log_step.copy_(lsq_init_step(x, bits, self.signed, dim=dim).log().reshape(log_step.shape))
                 self.initialized[idx] = True
         numel = x[0].numel() if (self.per_channel or self.role == "act") else x.numel()
-        s = scale_grad(step, lsq_grad_scale(numel, bits, self.signed))
+        s = scale_grad(log_step, lsq_grad_scale(numel, bits, self.signed)).exp()
         return fake_quantize(x, s, 0.0, bits, self.signed)
+
+    def step(self, bits: int | None = None) -> Tensor:
+        """The current step size ``s`` of ``bits`` (default: the active bit-width), detached."""
+        bits = self.bits if bits is None else bits
+        if bits not in self.bit_widths:
+            raise ValueError(f"this LSQ quantizer has steps for bits {self.bit_widths}, got {bits}")
+        return self.log_step[str(bits)].detach().exp()
 
     def extra_repr(self) -> str:
         gran = "per-channel" if self.per_channel else "per-tensor"

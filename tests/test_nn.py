@@ -56,21 +56,36 @@ def test_quant_conv_computes_with_quantized_weight_and_input():
     layer = QuantConv2d.from_float(conv, wq, aq)
     x = torch.rand(2, 3, 5, 5)
     out = layer(x)
-    s_w, s_a = wq.step["4"].detach(), aq.step["4"].detach()
+    s_w, s_a = wq.step(), aq.step()
     expect = nn.functional.conv2d(fake_quantize(x, s_a, 0, 4, False), fake_quantize(conv.weight, s_w, 0, 4, True))
     torch.testing.assert_close(out, expect)
     torch.testing.assert_close(s_w, lsq_init_step(conv.weight, 4, dim=0))
 
 
 def test_lsq_step_gradient_is_scaled():
+    """∂L/∂log s = s · g · ∂L/∂s, with ∂L/∂s from fake_quantize and g = 1/sqrt(numel · q_max)."""
     w = torch.randn(8, 4, 3, 3)
     q = LSQQuantizer("weight", 4)
     q(w)  # initialise
-    q.step["4"].grad = None
+    q.log_step["4"].grad = None
     q(w).sum().backward()
-    s = q.step["4"].detach().clone().requires_grad_()
+    s = q.step().clone().requires_grad_()
     fake_quantize(w, s, 0, 4).sum().backward()
-    assert q.step["4"].grad.item() == pytest.approx(s.grad.item() / math.sqrt(w.numel() * 7), rel=1e-5)
+    expected = s.item() * s.grad.item() / math.sqrt(w.numel() * 7)
+    assert q.log_step["4"].grad.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_lsq_steps_stay_positive_under_adam():
+    torch.manual_seed(0)
+    w = torch.randn(16, 8, 3, 3) * 0.05
+    q = LSQQuantizer("weight", 8, channels=16)
+    q(w)
+    opt = torch.optim.Adam(q.parameters(), lr=3e-3)
+    for _ in range(200):  # a loss that pushes every step towards zero
+        opt.zero_grad()
+        q(w).pow(2).sum().neg().backward()
+        opt.step()
+    assert (q.step() > 0).all()
 
 
 def test_set_precision_uniform_per_layer_and_errors():

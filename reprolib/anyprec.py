@@ -1,3 +1,0 @@
-"""anyprec (placeholder until written)."""
-
-__all__: list[str] = []
