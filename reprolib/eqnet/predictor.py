@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..train import History, TrainConfig, fit, resolve_device
+from ..train import History, TrainConfig, fit, progress_enabled, resolve_device
 from .quantizer import BIT_CHOICES
 from .space import evaluate_config
 
@@ -168,10 +168,11 @@ def rank_metrics(model: nn.Module, loader: DataLoader, device: torch.device | st
 
 
 def measure_configs(model: nn.Module, configs: Sequence[Any], *, calib_loader: DataLoader,
-                    eval_loader: DataLoader, progress: bool = True, desc: str = "measure subnets",
+                    eval_loader: DataLoader, progress: bool | None = None, desc: str = "measure subnets",
                     **evaluate_kwargs: Any) -> np.ndarray:
     """Measured accuracy (%) of each configuration: ``evaluate_config`` (BN re-calibration on
-    ``calib_loader``, then accuracy on ``eval_loader``), with a tqdm progress bar.
+    ``calib_loader``, then accuracy on ``eval_loader``), with a tqdm progress bar (``progress``
+    defaults to :func:`reprolib.train.progress_enabled`).
 
     For CQAP's training pairs ``eval_loader`` holds data held out of supernet training (on
     ``digits`` the validation split); ``evaluate_kwargs`` pass through to ``evaluate_config``.
@@ -179,8 +180,9 @@ def measure_configs(model: nn.Module, configs: Sequence[Any], *, calib_loader: D
     """
     from tqdm.auto import tqdm
 
+    show = progress_enabled() if progress is None else progress
     return np.array([evaluate_config(model, cfg, calib_loader, eval_loader, **evaluate_kwargs)
-                     for cfg in tqdm(configs, desc=desc, disable=not progress)], dtype=np.float64)
+                     for cfg in tqdm(configs, desc=desc, disable=not show)], dtype=np.float64)
 
 
 def train_predictor(
