@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from .validate import check_bool, check_int
+
 __all__ = ["DATASETS", "DatasetInfo", "dataset_info", "get_loaders", "DatasetUnavailableError"]
 
 
@@ -52,7 +54,7 @@ class DatasetUnavailableError(RuntimeError):
 
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name``; a ``ValueError`` lists the known names."""
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     return DATASETS[name]
 
@@ -152,8 +154,14 @@ def get_loaders(
     The training loader shuffles and drops nothing; validation and test keep their order.
     """
     dataset_info(name)
-    if batch_size < 1 or eval_batch_size < 1:
-        raise ValueError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
+    check_int("batch_size", batch_size, low=1)
+    check_int("eval_batch_size", eval_batch_size, low=1)
+    check_int("seed", seed, low=0)
+    check_int("num_workers", num_workers, low=0)
+    check_bool("download", download)
+    check_bool("augment", augment)
+    if not isinstance(root, (str, Path)):
+        raise TypeError(f"root must be a folder path (str or pathlib.Path), got {root!r} ({type(root).__name__})")
     if name == "digits":
         train, val, test = _digits_splits()
     else:

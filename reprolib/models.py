@@ -15,7 +15,17 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .validate import check_int, check_real
+
 __all__ = ["SmallCNN", "ResNet20", "VGGSmall", "MODELS", "build_model"]
+
+
+def _check_shape(in_channels: int, num_classes: int, image_size: int, width: float, min_size: int = 1) -> None:
+    """The arguments every model takes: positive ints (``image_size >= min_size``), a positive width."""
+    check_int("in_channels", in_channels, low=1)
+    check_int("num_classes", num_classes, low=1)
+    check_int("image_size", image_size, low=min_size)
+    check_real("width", width, low=0, low_open=True)
 
 
 def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
@@ -27,6 +37,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 8, width: float = 1.0):
         super().__init__()
+        _check_shape(in_channels, num_classes, image_size, width, min_size=2)  # one 2×2 max-pool
         w = max(1, round(32 * width))
         self.features = nn.Sequential(
             *_conv_bn(in_channels, w),
@@ -69,6 +80,7 @@ class ResNet20(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, width: float = 1.0):
         super().__init__()
+        _check_shape(in_channels, num_classes, image_size, width)
         c = [max(1, round(16 * width * m)) for m in (1, 2, 4)]
         self.conv1 = nn.Conv2d(in_channels, c[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c[0])
@@ -92,6 +104,7 @@ class VGGSmall(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, width: float = 1.0):
         super().__init__()
+        _check_shape(in_channels, num_classes, image_size, width, min_size=8)
         if image_size % 8:
             raise ValueError(f"VGGSmall pools three times; image_size must be a multiple of 8, got {image_size}")
         c = [max(1, round(m * width)) for m in (128, 256, 512)]
@@ -117,9 +130,11 @@ def build_model(
 
     Pair it with a dataset's :class:`reprolib.data.DatasetInfo`:
     ``build_model("resnet20", **info.model_kwargs())``.
+
+    Raises:
+        ValueError: an unknown ``name`` (the message lists :data:`MODELS`), or a size out of range.
+        TypeError: a size that is not an int, or a ``width`` that is not a number.
     """
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
     return MODELS[name](in_channels=in_channels, num_classes=num_classes, image_size=image_size, width=width)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .quant import fake_quantize, lsq_grad_scale, lsq_init_step, scale_grad
+from .validate import check_bool, check_int, got
 
 __all__ = [
     "Precision",
@@ -48,9 +49,9 @@ def _check_bits(name: str, bits: object) -> None:
     if bits is None:
         return
     if isinstance(bits, bool) or not isinstance(bits, int):
-        raise TypeError(f"{name} must be an int between 1 and 32 or None (float), got {bits!r}")
+        raise TypeError(f"{name} must be an int between 1 and 32 or None (float), {got(bits)}")
     if not 1 <= bits <= 32:
-        raise ValueError(f"{name} must be between 1 and 32 or None (float), got {bits}")
+        raise ValueError(f"{name} must be between 1 and 32 or None (float), {got(bits)}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class Precision:
             raise ValueError(
                 f"granularity must be 'channel' or 'tensor', got {self.granularity!r}"
             )
+        check_bool("w_symmetric", self.w_symmetric)
+        check_bool("a_symmetric", self.a_symmetric)
 
     @classmethod
     def uniform(cls, bits: int | None, **kwargs) -> Precision:
@@ -87,22 +90,37 @@ class Precision:
         return cls(w_bits=bits, a_bits=bits, **kwargs)
 
     @classmethod
-    def coerce(cls, p: int | None | Precision) -> Precision:
+    def coerce(cls, p: int | Precision | None) -> Precision:
         """Accept an int bit-width, ``None`` (float) or a :class:`Precision`."""
         if isinstance(p, Precision):
             return p
         if p is None or (isinstance(p, int) and not isinstance(p, bool)):
             return cls.uniform(p)
-        raise TypeError(f"a precision must be an int bit-width, None or a Precision, got {p!r}")
+        raise TypeError(f"a precision must be an int bit-width, None or a Precision, {got(p)}")
 
 
 class PrecisionAware(nn.Module):
     """A module whose behaviour depends on the model's current :class:`Precision`.
 
     Subclasses implement :meth:`apply_precision`; :func:`set_precision` is the only caller.
+
+    Switching precision is meant to be instant (Any-Precision's runtime switch), so the plain
+    attributes it sets, ``bits`` and ``precision``, skip ``nn.Module.__setattr__``'s search for
+    parameters, buffers and submodules of that name (whose ``isinstance(value, Parameter)``
+    check alone costs more than the switch); they can never be tensors or modules.
     """
 
     precision: Precision
+    _PLAIN = frozenset({"bits", "precision"})
+    #: True for a module none of whose submodules is precision-aware (a switchable BN's copies):
+    #: :func:`set_precision` then does not walk into it.
+    precision_leaf: bool = False
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in PrecisionAware._PLAIN and not isinstance(value, (Tensor, nn.Module)):
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
 
     def apply_precision(self, precision: Precision) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -125,6 +143,18 @@ class Quantizer(PrecisionAware):
         return precision.w_bits if self.role == "weight" else precision.a_bits
 
 
+def _lsq_bit_widths(bits: object) -> tuple[int, ...]:
+    """``bits`` (an int or a non-empty sequence of ints in 1..32) as a tuple."""
+    bit_widths = tuple(bits) if isinstance(bits, Sequence) and not isinstance(bits, str) else (bits,)
+    if not bit_widths:
+        raise ValueError("bits must name at least one bit-width, got an empty sequence")
+    for b in bit_widths:
+        if b is None:
+            raise ValueError("LSQ bit-widths must be ints; use Precision(None) for float")
+        _check_bits("bits", b)
+    return bit_widths
+
+
 class LSQQuantizer(Quantizer):
     """Learned Step Size Quantization (Esser et al., ICLR 2020).
 
@@ -138,6 +168,9 @@ class LSQQuantizer(Quantizer):
     negative: Adam moves a parameter by about the learning rate whatever its gradient, which turns
     an 8-bit step of ~0.01 negative within a few steps. The gradient reaching ``log s`` is LSQ's,
     ``∂L/∂log s = s · g · ∂L/∂s``.
+
+    NaN inputs give NaN outputs where they are (:func:`reprolib.quant.fake_quantize`); a NaN in
+    the first batch a bit-width sees makes its initial step NaN, and every later output NaN.
 
     Args:
         role: ``"weight"`` or ``"act"``.
@@ -159,15 +192,14 @@ class LSQQuantizer(Quantizer):
         weight_dim: int = 4,
     ) -> None:
         super().__init__(role)
-        bit_widths = (bits,) if isinstance(bits, int) else tuple(bits)
-        if not bit_widths:
-            raise ValueError("bits must name at least one bit-width")
-        for b in bit_widths:
-            _check_bits("bits", b)
-            if b is None:
-                raise ValueError("LSQQuantizer bit-widths must be ints; use Precision(None) for float")
+        bit_widths = _lsq_bit_widths(bits)
         if channels is not None and role != "weight":
             raise ValueError("per-channel steps are for weights only (activations are per tensor)")
+        if channels is not None:
+            check_int("channels", channels, low=1)
+        check_int("weight_dim", weight_dim, low=1)
+        if signed is not None:
+            check_bool("signed", signed)
         self.bit_widths = tuple(sorted(set(bit_widths)))
         self.signed = (role == "weight") if signed is None else signed
         shape = (channels,) + (1,) * (weight_dim - 1) if channels is not None else ()
@@ -297,6 +329,11 @@ class LSQFactory:
     per_channel: bool = True
     quantize_acts: bool = True
 
+    def __post_init__(self) -> None:
+        _lsq_bit_widths(self.bits)
+        check_bool("per_channel", self.per_channel)
+        check_bool("quantize_acts", self.quantize_acts)
+
     def __call__(self, name: str, module: nn.Module) -> nn.Module:
         w = module.weight
         wq = LSQQuantizer("weight", self.bits, channels=w.shape[0] if self.per_channel else None,
@@ -329,6 +366,10 @@ def quantize_model(
     Returns:
         ``model`` itself, for chaining.
     """
+    if isinstance(skip, str):
+        raise TypeError(f"skip must be a sequence of layer names, not one string; use skip=[{skip!r}]")
+    check_bool("keep_first", keep_first)
+    check_bool("keep_last", keep_last)
     candidates = [
         (n, m) for n, m in model.named_modules()
         if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QuantLayer)
@@ -354,12 +395,29 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLayer)]
 
 
-def _aware(module: nn.Module) -> Iterator[PrecisionAware]:
-    return (m for m in module.modules() if isinstance(m, PrecisionAware))
+def _aware(module: nn.Module) -> list[PrecisionAware]:
+    """The precision-aware modules in ``module`` (itself included), in registration order.
+
+    A direct walk over ``_modules``: ``Module.modules()`` builds every module's dotted name on
+    the way, which is most of a runtime precision switch's cost.
+    """
+    found: list[PrecisionAware] = []
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if m is None:   # a submodule slot registered as None
+            continue
+        if isinstance(m, PrecisionAware):
+            found.append(m)
+            if m.precision_leaf:
+                continue
+        if m._modules:
+            stack.extend(reversed(m._modules.values()))
+    return list(dict.fromkeys(found))  # a module shared between parents is switched once
 
 
 def set_precision(
-    model: nn.Module, precision: int | None | Precision | Sequence[int | None | Precision]
+    model: nn.Module, precision: int | Precision | Sequence[int | Precision | None] | None
 ) -> None:
     """Set the precision of every :class:`PrecisionAware` module of ``model``.
 
@@ -383,7 +441,7 @@ def set_precision(
                 f"per-layer precisions cannot be applied: {sorted(set(outside))} modules outside "
                 "the quantized layers need one precision for the whole model"
             )
-        for (_, layer), p in zip(layers, precision):
+        for (_, layer), p in zip(layers, precision, strict=True):
             p = Precision.coerce(p)
             for m in _aware(layer):
                 m.apply_precision(p)

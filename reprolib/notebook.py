@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +25,7 @@ import torch
 from .claims import ClaimLog
 from .data import DATASETS
 from .train import resolve_device, seed_everything
+from .validate import check_int, check_real, got
 
 __all__ = ["Notebook", "setup", "quick_from_env"]
 
@@ -64,25 +66,52 @@ def setup(
     seed: int = 0,
     device: str = "auto",
     results_dir: str | Path = "../results",
-    **positive_ints: int,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    **params: int | float,
 ) -> Notebook:
     """Validate a notebook's parameters and prepare the session.
 
     Args:
         name: the notebook's file name without ``.ipynb`` (the claims' ``source``).
-        positive_ints: further parameters that must be positive integers (``epochs=30``...),
-            checked so that a typo in papermill's ``-p`` fails here, with the parameter's name.
+        bounds: optional inclusive limits ``{parameter: (low, high)}`` for ``seed`` or any of
+            ``params``. Int limits ask for an int in ``low..high`` (``{"epochs": (1, 500)}``),
+            float limits for a number in ``[low, high]`` (``{"width": (0.05, 4.0)}``, which lets
+            that parameter be a float).
+        params: further parameters (``epochs=30``...): positive ints unless ``bounds`` says
+            otherwise, checked so that a typo in papermill's ``-p`` fails here, with the
+            parameter's name, its value and what is allowed.
+
+    Raises:
+        ValueError, TypeError: a parameter out of range or of the wrong type.
     """
-    if dataset not in DATASETS:
+    if not isinstance(dataset, str) or dataset not in DATASETS:
         raise ValueError(f"parameter dataset={dataset!r} is unknown; choose one of {sorted(DATASETS)}")
     if not isinstance(quick, bool):
-        raise TypeError(f"parameter quick must be True or False, got {quick!r}")
+        raise TypeError(f"parameter quick must be True or False, {got(quick)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"parameter seed must be a non-negative int, got {seed!r}")
-    for key, value in positive_ints.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"parameter {key} must be a positive int, got {value!r}")
-    dev = resolve_device(device)
+        raise ValueError(f"parameter seed must be a non-negative int, {got(seed)}")
+    if not isinstance(results_dir, (str, Path)):
+        raise TypeError(f"parameter results_dir must be a folder path (str), {got(results_dir)}")
+    limits = dict(bounds or {})
+    unknown = sorted(set(limits) - set(params) - {"seed"})
+    if unknown:
+        raise ValueError(f"bounds name parameters that were not passed to setup: {unknown}")
+    for key, value in {"seed": seed, **params}.items():
+        if key in limits:
+            low, high = limits[key]
+            if isinstance(low, int) and isinstance(high, int):
+                check_int(f"parameter {key}", value, low=low, high=high)
+            else:
+                check_real(f"parameter {key}", value, low=low, high=high)
+        elif key != "seed" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"parameter {key} must be a positive int, {got(value)}")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"parameter device must be a str such as 'auto', 'cpu' or 'cuda', {got(device)}")
+    try:
+        dev = resolve_device(device)
+    except ValueError as err:  # a typo, or CUDA asked for on a machine without it
+        raise ValueError(f"parameter device={device!r} is not a device here ({err}); use 'auto', 'cpu' "
+                         "or 'cuda'") from err
 
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -35,17 +35,20 @@ Use::
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cost import interleaved_times, measure_training_cost, paired_ratio
 from .nn import Precision, PrecisionAware, QuantLayer, quantized_layers
+from .validate import check_floating, check_real, got
 
 __all__ = [
     "VALUE_SETS",
@@ -82,28 +85,46 @@ def resolve_values(values: int | Sequence[float] | Tensor) -> tuple[float, ...]:
     Raises:
         ValueError: unknown bit-width, fewer than 2 values, non-finite, or not strictly increasing.
     """
-    if isinstance(values, bool):
-        raise TypeError(f"values must be a bit-width or a sequence of numbers, got {values!r}")
+    if isinstance(values, (bool, str)) or not (isinstance(values, (int, Sequence)) or hasattr(values, "tolist")):
+        raise TypeError(f"values must be a bit-width (one of {sorted(VALUE_SETS)}) or a sequence of numbers, "
+                        f"{got(values)}")
+    if getattr(values, "ndim", 1) != 1:
+        raise ValueError(f"values must be one-dimensional, got shape {tuple(values.shape)}")
     if isinstance(values, int):
         if values not in VALUE_SETS:
             raise ValueError(f"values={values} is not a known bit-width; use one of {sorted(VALUE_SETS)} "
                              "or give the values themselves")
         return VALUE_SETS[values]
-    vals = tuple(float(v) for v in (values.tolist() if isinstance(values, Tensor) else values))
+    items = values.tolist() if hasattr(values, "tolist") else list(values)   # tensors, numpy arrays
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in items):
+        raise TypeError(f"values must be numbers, got {items!r}")
+    vals = tuple(float(v) for v in items)
     if len(vals) < 2:
         raise ValueError(f"a value set needs at least 2 values, got {vals}")
     if not all(math.isfinite(v) for v in vals):
         raise ValueError(f"values must be finite, got {vals}")
-    if any(a >= b for a, b in zip(vals, vals[1:])):
+    if any(a >= b for a, b in pairwise(vals)):
         raise ValueError(f"values must be strictly increasing (sorted, no repeats), got {vals}")
     return vals
 
 
 def _values_for(alpha: Tensor, values: Sequence[float] | Tensor) -> Tensor:
-    """``values`` as a tensor ``[m]`` on ``alpha``'s device and dtype, checked against ``α.shape[-1]``."""
-    q = values if isinstance(values, Tensor) else torch.tensor(resolve_values(values))
+    """``values`` as a tensor ``[m]`` on ``alpha``'s device and dtype, checked against ``α.shape[-1]``.
+
+    A tensor is checked like :func:`resolve_values` checks a sequence (finite, strictly
+    increasing), with one reduction instead of a copy to Python; ``alpha`` must be floating.
+    """
+    check_floating("alpha", alpha)
+    if isinstance(values, Tensor):
+        if values.dim() != 1 or values.numel() < 2 or values.is_complex():
+            raise ValueError(f"values must be a 1-D tensor of at least 2 numbers, got shape {tuple(values.shape)}")
+        if not bool(torch.isfinite(values).all() & (values[1:] > values[:-1]).all()):
+            raise ValueError(f"values must be finite and strictly increasing (sorted, no repeats), got {values}")
+        q = values
+    else:
+        q = torch.tensor(resolve_values(values))
     q = q.to(device=alpha.device, dtype=alpha.dtype)
-    if q.dim() != 1 or alpha.dim() == 0 or alpha.shape[-1] != q.numel():
+    if alpha.dim() == 0 or alpha.shape[-1] != q.numel():
         raise ValueError(f"alpha's last dimension must hold one logit per value: alpha {tuple(alpha.shape)}, "
                          f"{q.numel()} values")
     return q
@@ -130,19 +151,31 @@ def rdhs_select(
         hard: forward the hard sample (RDHS) or the soft one.
 
     Returns:
-        weights ``[*]`` = ``alpha.shape[:-1]``.
+        weights ``[*]`` = ``alpha.shape[:-1]``, ``alpha``'s dtype (float16/bfloat16 logits are
+        softmaxed in float32). A row of logits holding NaN gives a NaN weight, as does one whose
+        largest ``α/τ`` overflows (beyond ~3e38 in float32): never a silently finite weight.
     """
     q = _values_for(alpha, values)                                  # [m]
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau!r}")
     if not mu >= 0:
         raise ValueError(f"mu must be non-negative, got {mu!r}")
+    return _rdhs(alpha, q, tau, mu, hard)
+
+
+def _rdhs(alpha: Tensor, q: Tensor, tau: float, mu: float, hard: bool = True) -> Tensor:
+    """:func:`rdhs_select` on values ``q [m]`` already checked (a searchable layer's own)."""
     logits = alpha
     if mu > 0:
         gumbel = -torch.empty_like(alpha).exponential_().log()      # −log Exp(1) ~ Gumbel(0, 1)
         logits = alpha + mu * gumbel
-    pi = torch.softmax(logits / tau, dim=-1)                        # [*, m]
-    soft = pi @ q                                                   # [*]  Σ_k π_k q_k
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        # In 16 bits α/τ overflows for large logits (65504 is float16's largest), and softmax(inf) is NaN.
+        pi = torch.softmax(logits.float() / tau, dim=-1)           # [*, m], float32
+        soft = (pi @ q.float()).to(alpha.dtype)
+    else:
+        pi = torch.softmax(logits / tau, dim=-1)                    # [*, m]
+        soft = pi @ q                                               # [*]  Σ_k π_k q_k
     if not hard:
         return soft
     # Straight through: the value of the hard sample, the gradient of the soft one.
@@ -154,10 +187,11 @@ class _SGTSelect(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, alpha: Tensor, q: Tensor) -> Tensor:
-        index = alpha.argmax(-1)                                    # [*]
+        top, index = alpha.max(-1)                                  # [*]; NaN wins, as in argmax
         # One byte per weight is enough for m <= 256 (a quarter of the float weight).
         ctx.save_for_backward(index.to(torch.uint8) if q.numel() <= 256 else index, q)
-        return q[index]                                             # [*]
+        # A NaN logit gives a NaN weight, not the value it happens to index.
+        return torch.where(torch.isnan(top), top, q[index])         # [*]
 
     @staticmethod
     def backward(ctx, grad_w: Tensor):
@@ -172,6 +206,7 @@ def sgt_select(alpha: Tensor, values: Sequence[float] | Tensor) -> Tensor:
 
     Forward ``q_{k*}`` with ``k* = argmax_k α_k``, without a softmax or an ``m``-fold copy of the
     weights; backward ``∂L/∂α_k = ∂L/∂w · sign(q_k − q_{k*})`` (zero for the chosen value).
+    Logits holding NaN give NaN weights, so a diverged search shows as a NaN loss.
 
     Args:
         alpha: logits ``[*, m]``.
@@ -221,9 +256,10 @@ class _SearchLayer(QuantLayer, PrecisionAware):
 
     def quantized_weight(self) -> Tensor:
         """The weight ``[*weight_shape]`` chosen by the logits; noise (RDHS, μ > 0) only in training."""
+        # The values were checked at construction: the unchecked selections (no device sync).
         if self.method == "sgt":
-            return sgt_select(self.alpha, self.values)
-        return rdhs_select(self.alpha, self.values, tau=self.tau, mu=self.mu if self.training else 0.0)
+            return _SGTSelect.apply(self.alpha, self.values)
+        return _rdhs(self.alpha, self.values, self.tau, self.mu if self.training else 0.0)
 
     def choices(self) -> Tensor:
         """The index of the chosen value of every weight, ``[*weight_shape]`` (argmax of ``α``)."""
@@ -319,6 +355,7 @@ class SearchFactory:
         resolve_values(self.values)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        check_real("init_noise", self.init_noise, low=0)
 
     def __call__(self, name: str, module: nn.Module) -> nn.Module:
         kwargs = {"values": self.values, "method": self.method, "init_noise": self.init_noise}
@@ -394,7 +431,7 @@ def value_fractions(model: nn.Module):
     for name, layer in search_layers(model):
         m = layer.values.numel()
         counts = torch.bincount(layer.choices().flatten(), minlength=m).double()
-        rows[name] = dict(zip(layer.values.tolist(), (counts / counts.sum()).tolist()))
+        rows[name] = dict(zip(layer.values.tolist(), (counts / counts.sum()).tolist(), strict=True))
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -427,109 +464,8 @@ class ChoiceTracker:
         """The records as a pandas ``DataFrame``."""
         import pandas as pd
 
-        return pd.DataFrame(self.records, columns=["epoch", "layer", "changed", "changed_frac", "numel", "method", "tau"])
-
-
-def _storage_key(t: Tensor) -> tuple[int, int]:
-    s = t.untyped_storage()
-    return s.data_ptr(), s.nbytes()
-
-
-def _now(t: Tensor) -> float:
-    """``time.perf_counter()`` after the work queued on ``t``'s device has finished."""
-    if t.is_cuda:
-        torch.cuda.synchronize(t.device)
-    return time.perf_counter()
-
-
-def _one_training_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                       loss_fn: Callable[[Tensor, Tensor], Tensor]) -> tuple[float, int]:
-    """One step; returns its seconds and the bytes of the distinct non-parameter tensors saved for backward."""
-    params = {_storage_key(p) for p in model.parameters()}
-    saved: set[tuple[int, int]] = set()
-
-    def pack(t: Tensor) -> Tensor:
-        key = _storage_key(t)
-        if key not in params:
-            saved.add(key)
-        return t
-
-    t0 = _now(x)
-    opt.zero_grad(set_to_none=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_fn(model(x), y)
-    loss.backward()
-    opt.step()
-    return _now(x) - t0, sum(nbytes for _, nbytes in saved)
-
-
-def _state_bytes(model: nn.Module, opt: torch.optim.Optimizer) -> int:
-    """Bytes of the parameters, their gradients and the optimizer's state tensors."""
-    tensors = [p for p in model.parameters()] + [p.grad for p in model.parameters() if p.grad is not None]
-    tensors += [v for st in opt.state.values() for v in st.values() if isinstance(v, Tensor)]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def measure_training_cost(
-    models: Mapping[str, nn.Module],
-    x: Tensor,
-    y: Tensor,
-    *,
-    baseline: str = "float",
-    repeats: int = 20,
-    warmup: int = 2,
-    lr: float = 1e-3,
-    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
-):
-    """Time and memory of one training step of each model, relative to ``models[baseline]``.
-
-    Every repetition runs one Adam step of every model on the same batch, in an order rotated
-    from repetition to repetition (interleaved, so load changes on a shared machine hit all
-    models alike); the time is the median over ``repeats`` after ``warmup`` untimed rounds.
-    Memory is counted, not sampled: the bytes of the distinct tensors autograd saves for the
-    backward pass (via ``torch.autograd.graph.saved_tensors_hooks``, parameters excluded) plus
-    the parameters, their gradients and Adam's two moments. That is the memory alive at the
-    start of the backward pass, the training peak up to allocator overhead and transient
-    buffers; it is deterministic, so one step gives it. The models are trained in place by these
-    steps: pass throw-away copies.
-
-    Args:
-        models: name → model (on ``x``'s device, in train mode); must contain ``baseline``.
-        x, y: one training batch ``[N, ...]`` and its labels ``[N]``.
-
-    Returns:
-        a pandas ``DataFrame`` indexed by name: ``ms_per_step`` (median), ``saved_mb``,
-        ``state_mb``, ``memory_mb`` (their sum), ``time_rel`` (the median over repetitions of the
-        step's time over the baseline's in the same repetition) and ``memory_rel``.
-    """
-    import pandas as pd
-
-    if baseline not in models:
-        raise ValueError(f"baseline {baseline!r} is not one of the models {list(models)}")
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    names = list(models)
-    opts = {n: torch.optim.Adam(models[n].parameters(), lr=lr) for n in names}
-    times: dict[str, list[float]] = {n: [] for n in names}
-    saved: dict[str, int] = {}
-    for r in range(warmup + repeats):
-        k = r % len(names)
-        for n in names[k:] + names[:k]:
-            models[n].train()
-            seconds, saved[n] = _one_training_step(models[n], opts[n], x, y, loss_fn)
-            if r >= warmup:
-                times[n].append(seconds)
-    rows = {}
-    for n in names:
-        state = _state_bytes(models[n], opts[n])
-        # Paired within each round: the ratio to the baseline's step of the same round.
-        ratios = [t / t0 for t, t0 in zip(times[n], times[baseline])]
-        rows[n] = {"ms_per_step": 1e3 * statistics.median(times[n]), "saved_mb": saved[n] / 2**20,
-                   "state_mb": state / 2**20, "memory_mb": (saved[n] + state) / 2**20,
-                   "time_rel": statistics.median(ratios)}
-    frame = pd.DataFrame.from_dict(rows, orient="index")
-    frame["memory_rel"] = frame["memory_mb"] / frame.loc[baseline, "memory_mb"]
-    return frame
+        columns = ["epoch", "layer", "changed", "changed_frac", "numel", "method", "tau"]
+        return pd.DataFrame(self.records, columns=columns)
 
 
 def measure_selection_cost(weight_shape: Sequence[int], *, bits: Sequence[int] = (1, 2, 3),
@@ -546,23 +482,19 @@ def measure_selection_cost(weight_shape: Sequence[int], *, bits: Sequence[int] =
     """
     import pandas as pd
 
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     rows = {}
     for b in bits:
         q = torch.tensor(resolve_values(b), device=device)
         alpha = torch.randn(*weight_shape, q.numel(), device=device, requires_grad=True)
         upstream = torch.randn(*weight_shape, device=device)
-        select = {"rdhs": lambda a: rdhs_select(a, q), "sgt": lambda a: sgt_select(a, q)}
-        times: dict[str, list[float]] = {"rdhs": [], "sgt": []}
-        for r in range(warmup + repeats):
-            for name in (("rdhs", "sgt") if r % 2 else ("sgt", "rdhs")):
-                t0 = _now(alpha)
-                select[name](alpha).backward(upstream)
-                seconds = _now(alpha) - t0
-                alpha.grad = None
-                if r >= warmup:
-                    times[name].append(seconds)
+        select = {"rdhs": lambda a, q=q: rdhs_select(a, q), "sgt": lambda a, q=q: sgt_select(a, q)}
+
+        def run(name: str, alpha=alpha, upstream=upstream, select=select) -> None:
+            select[name](alpha).backward(upstream)
+            alpha.grad = None
+
+        times = interleaved_times({n: (lambda n=n: run(n)) for n in select}, repeats=repeats, warmup=warmup,
+                                  device=alpha.device)
         rows[b] = {"rdhs_us": 1e6 * statistics.median(times["rdhs"]), "sgt_us": 1e6 * statistics.median(times["sgt"]),
-                   "sgt_over_rdhs": statistics.median(s / r for s, r in zip(times["sgt"], times["rdhs"]))}
+                   "sgt_over_rdhs": paired_ratio(times, "sgt", "rdhs")}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("bits")

@@ -61,43 +61,93 @@ def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad.sum_to_size(shape) if len(shape) else grad.sum()
 
 
+def _dot_to(a: Tensor, b: Tensor, shape: torch.Size) -> Tensor:
+    """``(a · b)`` summed down to ``shape``; per tensor a dot product, without a temporary."""
+    if math.prod(shape) == 1:
+        return torch.dot(a.reshape(-1), b.reshape(-1)).reshape(shape)
+    return _sum_to(a * b, shape)
+
+
 class _FakeQuantize(torch.autograd.Function):
     """Fake quantization with the STE for ``x`` and LSQ/LSQ+ gradients for ``step``/``zero_point``.
 
-    NaN inputs stay NaN (a NaN code is neither below nor above the range), so a diverged
-    network is never silently turned into finite garbage.
+    Written for speed with float arithmetic only (boolean masks and ``torch.where`` cost several
+    times a multiply on the CPU). The forward pass keeps one tensor beside ``x``, the rounded
+    code before clamping ``r = round(x/s) + z``; the backward pass rebuilds everything from it:
+
+        q = clamp(r, q_min, q_max),   σ = sign(r − q) ∈ {−1 below, 0 inside, +1 above}
+        ∂L/∂x = g · (1 − σ²)
+        ∂L/∂s = Σ g · (q − z) − Σ (∂L/∂x) · x/s        (inside: q − z − x/s = round(x/s) − x/s)
+        ∂L/∂z = −s · Σ g · σ² = −s · (Σ g − Σ ∂L/∂x)
+
+    Like torch's kernels, ``x/s`` is computed as ``x · (1/s)``, so the forward pass equals
+    ``torch.fake_quantize_per_tensor_affine`` bit for bit. NaN inputs give NaN outputs and NaN
+    gradients (σ is NaN), so a diverged network is never silently turned into finite garbage.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
-        xs = x / step
-        code = torch.round(xs) + zero_point
-        below = code < qmin
-        above = code > qmax
-        out = (code.clamp(qmin, qmax) - zero_point) * step
+    def forward(ctx, x: Tensor, step: Tensor, zero_point: Tensor | None, qmin: int, qmax: int) -> Tensor:
+        inv_step = torch.reciprocal(step)
+        code = torch.mul(x, inv_step).round_()
+        if zero_point is not None:
+            code.add_(zero_point)
+        out = code.clamp(qmin, qmax)
+        if zero_point is not None:
+            out.sub_(zero_point)
+        out.mul_(step)
         ctx.qmin, ctx.qmax = qmin, qmax
-        ctx.save_for_backward(xs, step, zero_point, below, above)
+        ctx.save_for_backward(x, step, zero_point, code)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        xs, step, zero_point, below, above = ctx.saved_tensors
-        outside = below | above
-        grad_x = grad_step = grad_zp = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad_out.masked_fill(outside, 0.0)
+        x, step, zero_point, code = ctx.saved_tensors
+        # One new tensor: ``buf`` holds q, then σ², then 1 − σ², then ∂L/∂x (in place: a fresh
+        # allocation costs more than the arithmetic on the CPU).
+        buf = code.clamp(ctx.qmin, ctx.qmax)
+        sum_gq = _dot_to(grad_out, buf, step.shape) if ctx.needs_input_grad[1] else None
+        buf.neg_().add_(code).sign_().square_()
+        grad_x = buf.neg_().add_(1.0).mul_(grad_out)
+        grad_step = grad_zp = None
+        # Σ g over the elements sharing a (step, zero point) pair, when z needs it.
+        joint = step.shape if zero_point is None else torch.broadcast_shapes(step.shape, zero_point.shape)
+        sum_g = _sum_to(grad_out, joint) if zero_point is not None else None
         if ctx.needs_input_grad[1]:
-            # ∂x̂/∂s: round(x/s) − x/s inside, q_min − z below, q_max − z above.
-            d_step = torch.where(
-                below,
-                ctx.qmin - zero_point,
-                torch.where(above, ctx.qmax - zero_point, torch.round(xs) - xs),
-            )
-            grad_step = _sum_to(grad_out * d_step, step.shape)
-        if ctx.needs_input_grad[2]:
-            # ∂x̂/∂z = −s where clamped, 0 inside.
-            grad_zp = _sum_to((grad_out * -step).masked_fill(~outside, 0.0), zero_point.shape)
-        return grad_x, grad_step, grad_zp, None, None
+            if zero_point is not None:
+                sum_gq = sum_gq - _sum_to(zero_point * sum_g, step.shape)
+            grad_step = sum_gq - _dot_to(grad_x, x, step.shape) * torch.reciprocal(step)
+        if zero_point is not None and ctx.needs_input_grad[2]:
+            grad_zp = _sum_to(-step * (sum_g - _sum_to(grad_x, joint)), zero_point.shape)
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_step, grad_zp, None, None
+
+
+def _check_inputs(x: object, step: object, zero_point: object, bits: int, qmin: int, qmax: int) -> None:
+    """Reject what :func:`fake_quantize` cannot do, from metadata alone (no look at the elements of
+    a tensor ``step``: that would stall a GPU, and learned steps are ``exp(log s) > 0`` anyway)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        what = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point tensor, got {what}")
+    for name, value in (("step", step), ("zero_point", zero_point)):
+        if isinstance(value, Tensor):
+            if not value.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor or a number, got dtype {value.dtype}")
+            try:
+                fits = torch.broadcast_shapes(value.shape, x.shape) == x.shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to x's shape "
+                                 f"{tuple(x.shape)} without growing it; per channel, use e.g. [C, 1, 1, 1]")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number or a floating-point tensor, got {value!r} "
+                            f"({type(value).__name__})")
+        elif not math.isfinite(value) or (name == "step" and value <= 0):
+            allowed = "a positive finite number" if name == "step" else "a finite number"
+            raise ValueError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    largest = torch.finfo(x.dtype).max
+    if max(qmax, -qmin) > largest:
+        raise ValueError(f"bits={bits} gives integer codes up to {max(qmax, -qmin)}, beyond {x.dtype}'s "
+                         f"largest value {largest:g}; use fewer bits or a wider dtype")
 
 
 def fake_quantize(
@@ -119,14 +169,26 @@ def fake_quantize(
     Returns:
         ``x̂`` with ``x``'s shape. Gradients: straight-through for ``x`` inside the range and
         zero outside; LSQ's (unscaled) for ``step``; ``−s`` outside / 0 inside for ``zero_point``.
+        NaN in ``x`` gives NaN in ``x̂`` and in the gradients (never a finite value).
+
+    Raises:
+        TypeError: ``x`` not a floating-point tensor; ``step``/``zero_point`` not a number or a
+            floating-point tensor; ``bits`` not an int.
+        ValueError: ``bits`` outside 1..32 or beyond what ``x``'s dtype holds; a number ``step``
+            that is not positive and finite; a ``step``/``zero_point`` tensor that does not
+            broadcast to ``x``'s shape.
 
     Example:
         >>> fake_quantize(torch.tensor([0.26, -3.0]), 0.5, bits=2)   # range [-2, 1] · 0.5
         tensor([ 0.5000, -1.0000])
     """
     qmin, qmax = qrange(bits, signed)
+    _check_inputs(x, step, zero_point, bits, qmin, qmax)
     step = torch.as_tensor(step, dtype=x.dtype, device=x.device)
-    zero_point = torch.as_tensor(zero_point, dtype=x.dtype, device=x.device)
+    if isinstance(zero_point, (int, float)) and zero_point == 0:
+        zero_point = None  # the common symmetric case: no zero-point arithmetic at all
+    else:
+        zero_point = torch.as_tensor(zero_point, dtype=x.dtype, device=x.device)
     return _FakeQuantize.apply(x, step, zero_point, qmin, qmax)
 
 

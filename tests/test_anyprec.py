@@ -8,10 +8,25 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 from reprolib import models
-from reprolib.anyprec import (AnyPrecisionStep, ClampActQuantizer, CodeWeightQuantizer, DoReFaWeightQuantizer,
-                              SwitchableBatchNorm2d, add_bn_copies, any_precision_model, bn_inputs,
-                              calibrate_bn, dequantize_codes, freeze, requantize_codes, set_code_semantics,
-                              soft_cross_entropy, storage_bytes, truncate, weight_codes)
+from reprolib.anyprec import (
+    AnyPrecisionStep,
+    ClampActQuantizer,
+    CodeWeightQuantizer,
+    DoReFaWeightQuantizer,
+    SwitchableBatchNorm2d,
+    add_bn_copies,
+    any_precision_model,
+    bn_inputs,
+    calibrate_bn,
+    dequantize_codes,
+    freeze,
+    requantize_codes,
+    set_code_semantics,
+    soft_cross_entropy,
+    storage_bytes,
+    truncate,
+    weight_codes,
+)
 from reprolib.nn import Precision, set_precision, using_precision
 
 

@@ -33,7 +33,7 @@ def test_digits_split_is_fixed_stratified_and_standardised():
 
 
 def test_unknown_dataset_lists_names():
-    with pytest.raises(ValueError, match="cifar10.*digits.*mnist.*svhn"):
+    with pytest.raises(ValueError, match=r"cifar10.*digits.*mnist.*svhn"):
         get_loaders("imagenet")
     with pytest.raises(ValueError, match="unknown dataset"):
         dataset_info("cifar100")

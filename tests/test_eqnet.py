@@ -85,7 +85,7 @@ def test_gpg_losses_by_hand():
     logits = [torch.randn(6, 4, generator=g) for _ in range(3)]
     y = torch.tensor([0, 1, 2, 3, 0, 1])
     lam, t = 0.3, 2.0
-    z = [l.numpy().astype(np.float64) for l in logits]
+    z = [lg.numpy().astype(np.float64) for lg in logits]
 
     def ce(zz):
         return float(np.mean(-np.log(_np_softmax(zz)[np.arange(6), y.numpy()])))
@@ -333,8 +333,10 @@ def test_supernet_ablation_starts_variants_from_the_same_weights():
 
     x = torch.randn(8, 1, 8, 8)
     loader = DataLoader(TensorDataset(x, torch.zeros(8, dtype=torch.long)), batch_size=8)
-    make = lambda s: eqnet.fresh_supernet("small_cnn", model_kwargs={"in_channels": 1, "num_classes": 2, "image_size": 8},
-                                          calib_batch=x, width=0.25, seed=s)
+    def make(s):
+        kwargs = {"in_channels": 1, "num_classes": 2, "image_size": 8}
+        return eqnet.fresh_supernet("small_cnn", model_kwargs=kwargs, calib_batch=x, width=0.25, seed=s)
+
     runs = eqnet.supernet_ablation(make, {"a": {}, "b": {"guidance": "hard"}}, loader, seeds=[0, 1],
                                    config=eqnet.supernet_config(epochs=0, progress=False))
     assert set(runs) == {("a", 0), ("b", 0), ("a", 1), ("b", 1)}

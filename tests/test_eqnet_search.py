@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import time
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def test_averages_and_bitops_by_hand(costs):
 def test_population_accounting_matches_rows(costs):
     rng = np.random.default_rng(0)
     w, a = rng.choice(E.BIT_CHOICES, (6, 2)), rng.choice(E.BIT_CHOICES, (6, 2))
-    rows = np.array([costs.bitops(wi, ai) for wi, ai in zip(w, a)])
+    rows = np.array([costs.bitops(wi, ai) for wi, ai in zip(w, a, strict=True)])
     np.testing.assert_allclose(costs.bitops(w, a), rows)
     with pytest.raises(ValueError, match="one entry per elastic layer"):
         costs.bitops((2, 3, 4), (2, 3, 4))
@@ -181,11 +182,12 @@ def _pattern_fitness(w, a):
 def test_elitism_never_loses_the_best_and_search_is_seeded():
     big = E.CostModel(tuple(E.LayerCost(f"l{i}", 10 + i, 100 * (i + 1), 50) for i in range(12)))
     constraint = E.AverageBits(big, 4.5)
-    run = lambda seed: E.genetic_search(_pattern_fitness, constraint, num_layers=10, population=40,  # noqa: E731
-                                        generations=30, seed=seed)
+    def run(seed):
+        return E.genetic_search(_pattern_fitness, constraint, num_layers=10, population=40, generations=30, seed=seed)
+
     result = run(3)
     best = [h["best"] for h in result.history]
-    assert all(b2 >= b1 for b1, b2 in zip(best, best[1:]))
+    assert all(b2 >= b1 for b1, b2 in pairwise(best))
     assert best[-1] > best[0]  # and it does improve
     assert result.fitness == best[-1] == _pattern_fitness(np.array([result.w_bits]), np.array([result.a_bits]))[0]
     again = run(3)

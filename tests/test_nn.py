@@ -6,8 +6,17 @@ import torch
 from torch import nn
 
 from reprolib import models
-from reprolib.nn import (LSQFactory, LSQQuantizer, Precision, QuantConv2d, QuantLinear, quantize_model,
-                         quantized_layers, set_precision, using_precision)
+from reprolib.nn import (
+    LSQFactory,
+    LSQQuantizer,
+    Precision,
+    QuantConv2d,
+    QuantLinear,
+    quantize_model,
+    quantized_layers,
+    set_precision,
+    using_precision,
+)
 from reprolib.quant import fake_quantize, lsq_init_step
 
 
@@ -41,7 +50,8 @@ def test_quantize_model_options_and_shared_weights():
 def test_float_precision_equals_float_model():
     torch.manual_seed(0)
     ref = models.build_model("resnet20", in_channels=3, num_classes=10, image_size=32, width=0.5).eval()
-    q = quantize_model(models.build_model("resnet20", in_channels=3, num_classes=10, image_size=32, width=0.5), LSQFactory(bits=4)).eval()
+    float_model = models.build_model("resnet20", in_channels=3, num_classes=10, image_size=32, width=0.5)
+    q = quantize_model(float_model, LSQFactory(bits=4)).eval()
     q.load_state_dict(ref.state_dict(), strict=False)
     x = torch.randn(2, 3, 32, 32)
     set_precision(q, None)
@@ -93,7 +103,7 @@ def test_set_precision_uniform_per_layer_and_errors():
     set_precision(m, 2)
     assert all(q.bits == 2 for q in m.modules() if isinstance(q, LSQQuantizer))
     set_precision(m, [Precision(w_bits=8, a_bits=4), 2, None])
-    layers = [l for _, l in quantized_layers(m)]
+    layers = [layer for _, layer in quantized_layers(m)]
     assert (layers[0].weight_quantizer.bits, layers[0].act_quantizer.bits) == (8, 4)
     assert layers[1].weight_quantizer.bits == 2 and layers[2].weight_quantizer.bits is None
     with pytest.raises(ValueError, match="3 quantized layers"):
@@ -113,7 +123,7 @@ def test_using_precision_restores():
     set_precision(m, [2, 4, 8])
     with using_precision(m, 8):
         assert all(q.bits == 8 for q in m.modules() if isinstance(q, LSQQuantizer))
-    assert [l.weight_quantizer.bits for _, l in quantized_layers(m)] == [2, 4, 8]
+    assert [layer.weight_quantizer.bits for _, layer in quantized_layers(m)] == [2, 4, 8]
 
 
 def test_lsq_quantized_output_has_few_levels():

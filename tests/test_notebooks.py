@@ -41,6 +41,9 @@ def test_notebook_is_well_formed(path):
     assert not errors, "stored outputs hold an error"
     text = json.dumps(nb)
     assert "/work/" not in text and "/home/" not in text, "absolute paths in the notebook"
+    # No execution noise: papermill's run records (timestamps, durations) are stripped on commit.
+    assert set(nb["metadata"]) <= {"kernelspec", "language_info", "widgets"}, sorted(nb["metadata"])
+    assert all(set(c["metadata"]) <= {"tags"} for c in cells), "cell metadata beyond tags (papermill/execution)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))

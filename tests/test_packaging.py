@@ -1,7 +1,10 @@
 """The two environment descriptions agree, and the package metadata is sane."""
 import re
-import tomllib
+import subprocess
+import sys
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +33,8 @@ def test_requirements_and_environment_agree():
 
 
 def test_every_requirement_is_pinned():
-    lines = [l.split("#", 1)[0].strip() for l in (ROOT / "requirements.txt").read_text().splitlines()]
-    assert all("==" in l for l in lines if l)
+    lines = [line.split("#", 1)[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert all("==" in line for line in lines if line)
 
 
 def test_runtime_dependencies_are_in_requirements():
@@ -39,3 +42,10 @@ def test_runtime_dependencies_are_in_requirements():
     req = pins((ROOT / "requirements.txt").read_text().splitlines())
     for dep in meta["project"]["dependencies"]:
         assert re.split(r"[<>=!~ ]", dep)[0].lower() in req, dep
+
+
+def test_ruff_is_clean():
+    """The code, tests, benchmarks and notebooks pass ruff with the config in pyproject.toml."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]

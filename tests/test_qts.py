@@ -13,9 +13,20 @@ from torch import nn
 from reprolib.models import build_model
 from reprolib.nn import Precision, quantize_model, quantized_layers, set_precision
 from reprolib.qts import (
-    VALUE_SETS, ChoiceTracker, SearchConv2d, SearchFactory, SearchLinear, SearchSchedule,
-    measure_selection_cost, measure_training_cost, rdhs_select, resolve_values, search_layers, set_search_options,
-    sgt_select, value_fractions,
+    VALUE_SETS,
+    ChoiceTracker,
+    SearchConv2d,
+    SearchFactory,
+    SearchLinear,
+    SearchSchedule,
+    measure_selection_cost,
+    measure_training_cost,
+    rdhs_select,
+    resolve_values,
+    search_layers,
+    set_search_options,
+    sgt_select,
+    value_fractions,
 )
 
 shapes = st.lists(st.integers(1, 4), min_size=1, max_size=3)

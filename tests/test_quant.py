@@ -17,7 +17,8 @@ def test_qrange(bits, signed, expected):
     assert qrange(bits, signed) == expected
 
 
-@pytest.mark.parametrize("bad,exc", [(0, ValueError), (33, ValueError), (2.5, TypeError), ("4", TypeError), (True, TypeError)])
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), (33, ValueError), (2.5, TypeError), ("4", TypeError),
+                                     (True, TypeError)])
 def test_qrange_rejects(bad, exc):
     with pytest.raises(exc, match="bits"):
         qrange(bad)
@@ -63,6 +64,58 @@ def test_gradients_match_torch_learnable_op():
     torch._fake_quantize_learnable_per_tensor_affine(x_ref, s_ref, torch.zeros(1), -8, 7, 1.0).backward(upstream)
     torch.testing.assert_close(x.grad, x_ref.grad)
     torch.testing.assert_close(s.grad, s_ref.grad)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_all_gradients_match_torch_learnable_ops_with_zero_point(per_channel):
+    """x, step and an integer zero point, per tensor and per channel (4-bit unsigned).
+
+    Torch's backward kernels re-derive the zero point as ``int(z + 0.5)``, which truncates
+    towards zero for negative z; non-negative zero points are where torch is its own oracle.
+    """
+    torch.manual_seed(2)
+    x = (torch.randn(6, 5, 3, 3) * 2).requires_grad_()
+    upstream = torch.randn(6, 5, 3, 3)
+    n = 6 if per_channel else 1
+    s = (torch.rand(n) * 0.4 + 0.1).requires_grad_()
+    z = torch.randint(0, 12, (n,)).float().requires_grad_()
+    view = (-1, 1, 1, 1) if per_channel else ()
+    fake_quantize(x, s.view(view), z.view(view), 4, signed=False).backward(upstream)
+    refs = [t.detach().clone().requires_grad_() for t in (x, s, z)]
+    if per_channel:
+        out = torch._fake_quantize_learnable_per_channel_affine(*refs, 0, 0, 15, 1.0)
+    else:
+        out = torch._fake_quantize_learnable_per_tensor_affine(*refs, 0, 15, 1.0)
+    out.backward(upstream)
+    for ours, ref in zip((x, s, z), refs, strict=True):
+        torch.testing.assert_close(ours.grad, ref.grad)
+
+
+def test_mixed_step_and_zero_point_shapes():
+    """A per-channel step with a per-tensor real zero point, and the reverse: each gradient is
+    reduced to its own parameter's shape. Oracles: the closed form of ∂x̂/∂s written out element
+    by element with boolean masks, and central finite differences for z (x̂ is piecewise linear
+    in z with slope −s where clamped, 0 inside)."""
+    torch.manual_seed(3)
+    x = torch.randn(4, 7, dtype=torch.float64) * 2
+    up = torch.randn(4, 7, dtype=torch.float64)
+    qmin, qmax = qrange(3)
+    cases = [(torch.rand(4, 1, dtype=torch.float64) * 0.3 + 0.2, torch.tensor(0.4, dtype=torch.float64)),
+             (torch.tensor(0.3, dtype=torch.float64), torch.rand(4, 1, dtype=torch.float64) * 2 - 1)]
+    for s0, z0 in cases:
+        s, z = s0.clone().requires_grad_(), z0.clone().requires_grad_()
+        (fake_quantize(x, s, z, 3) * up).sum().backward()
+        assert s.grad.shape == s0.shape and z.grad.shape == z0.shape
+        t = x / s0
+        code = torch.round(t) + z0
+        d_step = torch.where(code < qmin, qmin - z0, torch.where(code > qmax, qmax - z0, torch.round(t) - t))
+        torch.testing.assert_close(s.grad, (up * d_step).sum_to_size(s0.shape) if s0.dim() else (up * d_step).sum())
+        for i in range(z0.numel()):
+            eps = torch.zeros(z0.numel(), dtype=torch.float64)
+            eps[i] = 1e-7
+            eps = eps.view(z0.shape)
+            fd = ((fake_quantize(x, s0, z0 + eps, 3) - fake_quantize(x, s0, z0 - eps, 3)) * up).sum() / 2e-7
+            assert z.grad.flatten()[i].item() == pytest.approx(fd.item(), abs=1e-5)
 
 
 def test_step_gradient_closed_form_by_hand():

@@ -5,8 +5,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from reprolib import models
-from reprolib.train import (NonFiniteLossError, TrainConfig, evaluate, fit, load_checkpoint, recalibrate_bn,
-                            resolve_device, save_checkpoint)
+from reprolib.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    evaluate,
+    fit,
+    load_checkpoint,
+    recalibrate_bn,
+    resolve_device,
+    save_checkpoint,
+)
 
 
 def toy_data(n=96, seed=0):
@@ -70,7 +78,7 @@ def test_resume_is_bit_identical(tmp_path):
     resumed = net()
     hist = fit(resumed, toy_data(), config=cfg, resume=True)
     assert [r["epoch"] for r in hist.records] == [0, 1, 2]
-    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from ..nn import Precision, PrecisionAware, set_precision, using_precision
 from ..train import recalibrate_bn
+from ..validate import check_int, got
 from .codes import FLOAT_BITS
 
 __all__ = ["SwitchableBatchNorm2d", "switchable_bn", "add_bn_copies", "calibrate_bn", "bn_inputs"]
@@ -38,7 +39,7 @@ def _check_bit_widths(bit_widths: Iterable[int | None]) -> tuple[int, ...]:
     out = []
     for b in bit_widths:
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= FLOAT_BITS):
-            raise ValueError(f"bit-widths must be ints in 1..{FLOAT_BITS} or None (float), got {b!r}")
+            raise ValueError(f"bit-widths must be ints in 1..{FLOAT_BITS} or None (float), {got(b)}")
         out.append(FLOAT_BITS if b is None else b)
     if not out:
         raise ValueError("bit_widths must name at least one bit-width")
@@ -57,11 +58,13 @@ class SwitchableBatchNorm2d(PrecisionAware):
     changes it. Selecting a bit-width without a copy is a ``ValueError`` that says how to add one.
     """
 
+    precision_leaf = True   # the copies are plain BatchNorm2d: set_precision need not visit them
+
     def __init__(self, num_features: int, bit_widths: Sequence[int | None], *, eps: float = 1e-5,
                  momentum: float | None = 0.1) -> None:
         super().__init__()
         widths = _check_bit_widths(bit_widths)
-        self.num_features = num_features
+        self.num_features = check_int("num_features", num_features, low=1)
         self.bn = nn.ModuleDict(
             {str(b): nn.BatchNorm2d(num_features, eps=eps, momentum=momentum) for b in widths}
         )
@@ -96,6 +99,20 @@ class SwitchableBatchNorm2d(PrecisionAware):
             raise ValueError(f"copy_from={copy_from} has no BN copy; this layer has {self.bit_widths}")
         self.bn[_bn_key(bits)] = copy.deepcopy(self.bn[source])
         return self.bn[_bn_key(bits)]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """Loading a state dict first adds the copies it holds that this layer lacks (those that
+        :meth:`add_copy` made after construction, e.g. by BN calibration), so a freshly built
+        model loads a checkpoint of a calibrated one; copies it lacks remain missing keys."""
+        template = next(iter(self.bn.values()))
+        for key in state_dict:
+            if key.startswith(prefix + "bn."):
+                bits = key[len(prefix) + 3:].split(".", 1)[0]
+                if bits.isdigit() and bits not in self.bn and 1 <= int(bits) <= FLOAT_BITS:
+                    self.bn[bits] = copy.deepcopy(template)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def apply_precision(self, precision: Precision) -> None:
         key = _bn_key(precision.w_bits)
@@ -168,6 +185,9 @@ def calibrate_bn(
     :func:`reprolib.train.recalibrate_bn`. Other copies and every weight stay untouched; the
     model's precision is restored afterwards.
     """
+    bits = list(bits)
+    _check_bit_widths(bits)  # all of them, before the first copy is made
+    check_int("num_batches", num_batches, low=1)
     saved = [(m, m.precision) for m in model.modules() if isinstance(m, PrecisionAware)]
     try:
         for b in bits:

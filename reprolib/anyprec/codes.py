@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..nn import Precision, Quantizer
 from ..quant import round_ste
+from ..validate import check_floating, check_int, got
 
 __all__ = [
     "FLOAT_BITS",
@@ -54,10 +55,26 @@ SEMANTICS: tuple[str, ...] = ("truncate", "requantize")
 
 def _check_code_bits(name: str, bits: object, max_bits: int = 8) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int):
-        raise TypeError(f"{name} must be an int, got {bits!r} ({type(bits).__name__})")
+        raise TypeError(f"{name} must be an int between 1 and {max_bits}, {got(bits)}")
     if not 1 <= bits <= max_bits:
-        raise ValueError(f"{name} must be between 1 and {max_bits}, got {bits}")
+        raise ValueError(f"{name} must be between 1 and {max_bits}, {got(bits)}")
     return bits
+
+
+def _check_codes(codes: object, bits: int) -> Tensor:
+    """Integer codes of ``bits`` bits: an integer tensor (not bool) with values in ``[0, 2^bits − 1]``.
+
+    One min/max reduction; out-of-range codes would otherwise shift into wrong, finite values.
+    """
+    if not isinstance(codes, Tensor) or codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        what = f"dtype {codes.dtype}" if isinstance(codes, Tensor) else type(codes).__name__
+        raise TypeError(f"codes must be an integer tensor (uint8 codes), got {what}")
+    if codes.numel():
+        lo, hi = torch.aminmax(codes)
+        if lo < 0 or hi > 2**bits - 1:
+            raise ValueError(f"codes of {bits} bits must lie in [0, {2**bits - 1}], got values in "
+                             f"[{int(lo)}, {int(hi)}]")
+    return codes
 
 
 def _check_semantics(semantics: str) -> str:
@@ -72,7 +89,11 @@ def effective_bits(bits: int | None) -> int | None:
 
 
 def qfn(x: Tensor, bits: int) -> Tensor:
-    """DoReFa's k-bit quantizer of ``x ∈ [0, 1]``: ``round(x·(2^k − 1)) / (2^k − 1)``, STE gradient."""
+    """DoReFa's k-bit quantizer of ``x ∈ [0, 1]``: ``round(x·(2^k − 1)) / (2^k − 1)``, STE gradient.
+
+    ``bits`` in 1..31 (32 is float: don't quantize). NaN inputs stay NaN.
+    """
+    check_int("bits", bits, low=1, high=FLOAT_BITS - 1)
     n = 2**bits - 1
     return round_ste(x * n) / n
 
@@ -96,6 +117,9 @@ def weight_codes(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
         ``E`` (float, same dtype as ``w``).
     """
     _check_code_bits("bits", bits)
+    check_floating("w", w)
+    if torch.isnan(w).any():
+        raise ValueError("w holds NaN; a code cannot represent it (did training diverge?)")
     codes = torch.round(normalized_weight(w) * (2**bits - 1)).to(torch.uint8)
     return codes, w.abs().mean()
 
@@ -110,9 +134,7 @@ def truncate(codes: Tensor, from_bits: int, to_bits: int) -> Tensor:
     _check_code_bits("to_bits", to_bits)
     if to_bits > from_bits:
         raise ValueError(f"cannot truncate {from_bits}-bit codes to more bits ({to_bits})")
-    if codes.is_floating_point():
-        raise TypeError(f"codes must be an integer tensor, got dtype {codes.dtype}")
-    return codes >> (from_bits - to_bits)
+    return _check_codes(codes, from_bits) >> (from_bits - to_bits)
 
 
 def requantize_codes(codes: Tensor, from_bits: int, to_bits: int) -> Tensor:
@@ -123,6 +145,10 @@ def requantize_codes(codes: Tensor, from_bits: int, to_bits: int) -> Tensor:
     """
     _check_code_bits("from_bits", from_bits)
     _check_code_bits("to_bits", to_bits)
+    return _requantize(_check_codes(codes, from_bits), from_bits, to_bits)
+
+
+def _requantize(codes: Tensor, from_bits: int, to_bits: int) -> Tensor:
     scale = (2**to_bits - 1) / (2**from_bits - 1)
     return torch.round(codes.double() * scale).to(codes.dtype)
 
@@ -134,12 +160,24 @@ def convert_codes(codes: Tensor, from_bits: int, to_bits: int, semantics: Semant
     return requantize_codes(codes, from_bits, to_bits)
 
 
+def _convert(codes: Tensor, from_bits: int, to_bits: int, semantics: str) -> Tensor:
+    """:func:`convert_codes` without the checks, for codes validated once (a frozen layer's)."""
+    if semantics == "truncate":
+        return codes >> (from_bits - to_bits)
+    return _requantize(codes, from_bits, to_bits)
+
+
 def dequantize_codes(codes: Tensor, bits: int, E: Tensor | float) -> Tensor:
     """``W_q = (2·c / (2^bits − 1) − 1) · E`` (Eq. 4); float32 (or ``E``'s float dtype) out."""
     _check_code_bits("bits", bits)
+    return _dequantize(_check_codes(codes, bits), bits, E)
+
+
+def _dequantize(codes: Tensor, bits: int, E: Tensor | float) -> Tensor:
     E = torch.as_tensor(E)
     dtype = E.dtype if E.is_floating_point() else torch.float32
-    return (2 * codes.to(dtype) / (2**bits - 1) - 1) * E.to(codes.device, dtype)
+    # (2c / n − 1) · E, in place on one new tensor (the same roundings as written out).
+    return codes.to(dtype).mul_(2).div_(2**bits - 1).sub_(1).mul_(E.to(codes.device, dtype))
 
 
 class DoReFaWeightQuantizer(Quantizer):
@@ -152,6 +190,8 @@ class DoReFaWeightQuantizer(Quantizer):
         stored_bits: the bit-width of the stored codes that truncation starts from (8).
 
     Precision: ``w_bits`` 1..``stored_bits`` quantizes; ``None`` or 32 passes the float weight.
+    A NaN anywhere in the weight makes the whole quantized weight NaN (Eq. 2 divides by
+    ``max|tanh W|``), so a diverged layer cannot pass for a quantized one.
     """
 
     def __init__(self, *, semantics: Semantics = "requantize", stored_bits: int = 8) -> None:
@@ -188,7 +228,8 @@ class DoReFaWeightQuantizer(Quantizer):
 class ClampActQuantizer(Quantizer):
     """Activation quantizer (Sec. 3.3.3): ``qfn(clamp(x, 0, 1), k)``; ``None``/32 bits pass ``x``.
 
-    The STE passes gradients inside ``[0, 1]`` (clamp's own gradient is zero outside).
+    The STE passes gradients inside ``[0, 1]`` (clamp's own gradient is zero outside). NaN
+    inputs stay NaN.
     """
 
     def __init__(self) -> None:

@@ -22,9 +22,10 @@ from .codes import (
     DoReFaWeightQuantizer,
     Semantics,
     _check_code_bits,
+    _check_codes,
     _check_semantics,
-    convert_codes,
-    dequantize_codes,
+    _convert,
+    _dequantize,
     effective_bits,
     weight_codes,
 )
@@ -48,9 +49,10 @@ class CodeWeightQuantizer(Quantizer):
 
     def __init__(self, codes: Tensor, E: Tensor, *, stored_bits: int = 8, semantics: Semantics = "truncate") -> None:
         super().__init__("weight")
-        if codes.dtype != torch.uint8:
-            raise TypeError(f"codes must be uint8, got {codes.dtype}")
+        if not isinstance(codes, Tensor) or codes.dtype != torch.uint8:
+            raise TypeError(f"codes must be uint8, got {getattr(codes, 'dtype', type(codes).__name__)}")
         self.stored_bits = _check_code_bits("stored_bits", stored_bits)
+        _check_codes(codes, stored_bits)  # once here: forward passes use the unchecked conversions
         self.semantics = _check_semantics(semantics)
         self.register_buffer("codes", codes.clone())
         self.register_buffer("E", torch.as_tensor(E, dtype=torch.float32).clone())
@@ -70,10 +72,10 @@ class CodeWeightQuantizer(Quantizer):
 
     def runtime_codes(self) -> Tensor:
         """The ``bits``-bit codes the layer computes with, from the stored ones."""
-        return convert_codes(self.codes, self.stored_bits, self.bits, self.semantics)
+        return _convert(self.codes, self.stored_bits, self.bits, self.semantics)
 
     def forward(self, _weight: Tensor | None = None) -> Tensor:
-        return dequantize_codes(self.runtime_codes(), self.bits, self.E)   # weight's shape
+        return _dequantize(self.runtime_codes(), self.bits, self.E)   # weight's shape
 
     def extra_repr(self) -> str:
         return f"codes={tuple(self.codes.shape)} uint8, stored_bits={self.stored_bits}, semantics={self.semantics!r}"

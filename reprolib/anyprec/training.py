@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from ..nn import QuantConv2d, QuantLinear, quantize_model, set_precision, using_precision
 from ..train import evaluate
 from .bn import _check_bit_widths, switchable_bn
-from .codes import ClampActQuantizer, DoReFaWeightQuantizer, Semantics
+from .codes import ClampActQuantizer, DoReFaWeightQuantizer, Semantics, _check_semantics
 
 __all__ = [
     "CANDIDATE_BITS",
@@ -55,6 +55,9 @@ class AnyPrecisionFactory:
     """
 
     semantics: Semantics = "requantize"
+
+    def __post_init__(self) -> None:
+        _check_semantics(self.semantics)
 
     def __call__(self, name: str, module: nn.Module) -> nn.Module:
         cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear

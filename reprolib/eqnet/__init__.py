@@ -12,10 +12,10 @@ One weight-shared supernet whose bit-width, granularity and symmetry switch at r
 
 Everything is re-exported here: ``from reprolib import eqnet; eqnet.wdr_loss(...)``.
 """
-from .quantizer import *  # noqa: F401,F403
-from .space import *  # noqa: F401,F403
-from .losses import *  # noqa: F401,F403
-from .training import *  # noqa: F401,F403
-from .accounting import *  # noqa: F401,F403
-from .predictor import *  # noqa: F401,F403
-from .search import *  # noqa: F401,F403
+from .accounting import *
+from .losses import *
+from .predictor import *
+from .quantizer import *
+from .search import *
+from .space import *
+from .training import *

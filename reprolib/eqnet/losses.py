@@ -22,10 +22,13 @@ each teacher detached. The baselines of Fig. 3 train every subnet on the labels 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..validate import check_floating, check_real
 
 __all__ = [
     "skewness",
@@ -39,10 +42,24 @@ __all__ = [
 
 
 def _standardized(w: Tensor) -> Tensor:
-    """``(w − μ)/σ`` of the flattened tensor, population ``σ`` (``[numel]``)."""
+    """``(w − μ)/σ`` of the flattened tensor, population ``σ`` (``[numel]``).
+
+    The standardised moments do not depend on the scale of ``w``, so they are computed on
+    ``w / 2^e`` with ``2^e ≤ max|w| < 2^(e+1)``: huge weights cannot overflow ``σ²``, tiny ones
+    cannot underflow it, and dividing by a power of two is exact, so for ordinary weights the
+    result (and its gradient) is bit for bit the unscaled formula's. float16 and bfloat16 tensors
+    are promoted to float32 (their 8-bit mantissa would make ``σ`` a guess).
+    A constant tensor has no standardised moments: ``σ = 0`` gives NaN, as in scipy, and so do
+    NaN or infinite weights.
+    """
+    check_floating("w", w)
     w = w.flatten()
     if w.numel() < 2:
         raise ValueError(f"moments need at least 2 elements, got a tensor of {w.numel()}")
+    if w.dtype in (torch.float16, torch.bfloat16):
+        w = w.float()
+    _, exponent = torch.frexp(w.detach().abs().amax())              # max|w| = m·2^exponent, m ∈ [0.5, 1)
+    w = w / torch.ldexp(torch.ones((), dtype=w.dtype, device=w.device), exponent)
     mu = w.mean()
     sigma = (w - mu).pow(2).mean().sqrt()
     return (w - mu) / sigma
@@ -51,7 +68,8 @@ def _standardized(w: Tensor) -> Tensor:
 def skewness(w: Tensor) -> Tensor:
     """Population skewness ``E[((w − μ)/σ)^3]`` of the flattened ``w`` (Eq. 4); differentiable.
 
-    Equals ``scipy.stats.skew(w.flatten(), bias=True)``.
+    Equals ``scipy.stats.skew(w.flatten(), bias=True)``; NaN for a constant ``w`` (no
+    spread to standardise by); float32 for 16-bit input.
     """
     return _standardized(w).pow(3).mean()
 
@@ -59,7 +77,7 @@ def skewness(w: Tensor) -> Tensor:
 def kurtosis(w: Tensor) -> Tensor:
     """Non-excess population kurtosis ``E[((w − μ)/σ)^4]`` (Eq. 5); a normal gives 3, a uniform 1.8.
 
-    Equals ``scipy.stats.kurtosis(w.flatten(), fisher=False, bias=True)``.
+    Equals ``scipy.stats.kurtosis(w.flatten(), fisher=False, bias=True)``; NaN for a constant ``w``.
     """
     return _standardized(w).pow(4).mean()
 
@@ -78,10 +96,19 @@ def wdr_loss(
         kurtosis_target: ``K_T``; 1.8 is a uniform distribution's kurtosis.
         kurtosis_weight, skewness_weight: the terms' weights (the paper writes 1 and 1; the
             authors' code uses 0.015 and 1).
+
+    Returns:
+        a non-negative scalar (float32 for 16-bit weights); NaN when a tensor is constant or
+        holds NaN/inf, so that :func:`reprolib.train.fit` stops with a clear message.
     """
+    if isinstance(weights, Tensor):
+        raise TypeError("weights must be a sequence of tensors (one per layer), not one tensor; use [w]")
     weights = list(weights)
     if not weights:
         raise ValueError("wdr_loss needs at least one weight tensor")
+    check_real("kurtosis_target", kurtosis_target)
+    check_real("kurtosis_weight", kurtosis_weight, low=0)
+    check_real("skewness_weight", skewness_weight, low=0)
     terms = [skewness_weight * skewness(w) ** 2 + kurtosis_weight * (kurtosis(w) - kurtosis_target) ** 2
              for w in weights]
     return torch.stack(terms).mean()
@@ -113,7 +140,7 @@ def gpg_losses(logits: Sequence[Tensor], target: Tensor, lam: float = 0.5, tempe
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     losses = [F.cross_entropy(logits[0], target)]
-    for prev, cur in zip(logits[:-1], logits[1:]):
+    for prev, cur in pairwise(logits):
         teacher = F.softmax(prev.detach() / temperature, dim=1)  # [N, K]
         kl = F.kl_div(F.log_softmax(cur / temperature, dim=1), teacher, reduction="batchmean")
         losses.append(lam * temperature**2 * kl + (1 - lam) * F.cross_entropy(cur, target))

@@ -21,6 +21,7 @@ The predictor trains through the one training loop, :func:`reprolib.train.fit`, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..train import History, TrainConfig, fit, progress_enabled, resolve_device
+from ..validate import check_int, check_ints
 from .quantizer import BIT_CHOICES
 from .space import evaluate_config
 
@@ -65,7 +67,7 @@ def encode_bits(
     """
     if granularity not in ("channel", "tensor"):
         raise ValueError(f"granularity must be 'channel' or 'tensor', got {granularity!r}")
-    choices = torch.as_tensor(tuple(bit_choices))
+    choices = torch.as_tensor(check_ints("bit_choices", bit_choices, low=1, increasing=True))
     w = torch.as_tensor(np.asarray(w_bits), dtype=torch.long)
     a = torch.as_tensor(np.asarray(a_bits), dtype=torch.long)
     if w.dim() != 2 or w.shape != a.shape:
@@ -104,12 +106,13 @@ class CQAPPredictor(nn.Module):
     def __init__(self, num_layers: int, *, bit_choices: Sequence[int] = BIT_CHOICES,
                  depth: int = 7, width: int = 200) -> None:
         super().__init__()
-        if num_layers < 1 or depth < 1 or width < 1:
-            raise ValueError(f"num_layers, depth and width must be positive, got {num_layers}, {depth}, {width}")
-        self.num_layers, self.bit_choices = num_layers, tuple(bit_choices)
+        check_int("num_layers", num_layers, low=1)
+        check_int("depth", depth, low=1)
+        check_int("width", width, low=1)
+        self.num_layers, self.bit_choices = num_layers, check_ints("bit_choices", bit_choices, low=1, increasing=True)
         self.in_features = 3 + 2 * num_layers * len(self.bit_choices)
         dims = [self.in_features] + [width] * depth
-        hidden = [m for d_in, d_out in zip(dims, dims[1:]) for m in (nn.Linear(d_in, d_out), nn.ReLU())]
+        hidden = [m for d_in, d_out in pairwise(dims) for m in (nn.Linear(d_in, d_out), nn.ReLU())]
         self.mlp = nn.Sequential(*hidden, nn.Linear(width, 1))
         self.register_buffer("target_mean", torch.tensor(0.0))
         self.register_buffer("target_std", torch.tensor(1.0))
@@ -212,6 +215,7 @@ def train_predictor(
         the trained predictor (eval mode) and fit's :class:`History`.
     """
     cfg = config or TrainConfig(epochs=300, lr=1e-3, progress=False, desc="CQAP")
+    check_int("batch_size", batch_size, low=1)
     acc = torch.as_tensor(np.asarray(accuracies, dtype=np.float32))
     if len(acc) != len(configs) or len(acc) < 2:
         raise ValueError(f"need at least 2 configs with one accuracy each, got {len(configs)} and {len(acc)}")

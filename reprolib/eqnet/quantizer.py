@@ -33,8 +33,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..nn import Precision, QuantConv2d, QuantLayer, QuantLinear, Quantizer, quantize_model, quantized_layers
+from ..nn import Precision, QuantConv2d, Quantizer, QuantLayer, QuantLinear, quantize_model, quantized_layers
 from ..quant import fake_quantize, lsq_grad_scale, qrange, scale_grad
+from ..validate import check_bool, check_floating, check_int, check_ints
 
 __all__ = [
     "BIT_CHOICES",
@@ -97,6 +98,11 @@ def clipping_search(
     Returns:
         ``(step, offset)``: scalars, or shaped ``[C, 1, …, 1]`` when ``per_channel``.
     """
+    check_floating("x", x)
+    if x.numel() == 0 or (per_channel and x.dim() < 2):
+        raise ValueError(f"x must be non-empty (and at least 2-D when per_channel), got shape {tuple(x.shape)}")
+    check_int("max_samples", max_samples, low=1)
+    check_int("chunk_elems", chunk_elems, low=1)
     out_shape = (x.shape[0],) + (1,) * (x.dim() - 1) if per_channel else ()
     flat = x.detach().flatten(1) if per_channel else x.detach().reshape(1, -1)  # [C, K] or [1, numel]
     lo = flat.amin(dim=1, keepdim=True)  # [C, 1]: the range uses every element
@@ -140,7 +146,8 @@ class ElasticQuantizer(Quantizer):
     would move by a fifth of itself per update at lr 1e-3 and can turn negative; in log space and
     in step units every update is a relative one. The gradient reaching ``s`` is LSQ's (and
     LSQ+'s for ``β``), scaled by ``g``. All are initialised by :func:`clipping_search` the first
-    time the quantizer sees data (or by :meth:`calibrate`).
+    time the quantizer sees data (or by :meth:`calibrate`). NaN inputs give NaN outputs where they
+    are, as :func:`reprolib.quant.fake_quantize` does.
     """
 
     def __init__(
@@ -153,13 +160,16 @@ class ElasticQuantizer(Quantizer):
         weight_dim: int = 4,
     ) -> None:
         super().__init__(role)
-        bit_widths = tuple(sorted(set(bit_widths)))
-        if not bit_widths or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16 for b in bit_widths):
-            raise ValueError(f"bit_widths must be ints between 2 and 16, got {bit_widths!r}")
+        bit_widths = tuple(sorted(set(check_ints("bit_widths", bit_widths, low=2, high=16))))
         if role == "weight" and channels is None:
             raise ValueError("a weight ElasticQuantizer needs channels (its number of output channels)")
         if role == "act" and channels is not None:
             raise ValueError("activations are quantized per tensor; do not pass channels for role='act'")
+        if channels is not None:
+            check_int("channels", channels, low=1)
+        check_int("weight_dim", weight_dim, low=1)
+        if signed is not None:
+            check_bool("signed", signed)
         self.bit_widths = bit_widths
         self.signed = (role == "weight") if signed is None else signed
         self.tensor_step: str = "learned"
@@ -291,7 +301,12 @@ def build_supernet(
     Returns:
         ``model`` itself.
     """
-    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QuantLayer)]
+    check_int("fixed_bits", fixed_bits, low=2, high=16)
+    check_ints("bit_widths", bit_widths, low=2, high=16)
+    if calib_batch is not None:
+        check_floating("calib_batch", calib_batch)
+    layers = [n for n, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QuantLayer)]
     if len(layers) < 3:
         raise ValueError(f"a supernet needs at least 3 conv/linear layers (first, elastic, last), got {layers}")
     fixed = {layers[0], layers[-1]}
@@ -313,6 +328,7 @@ def calibrate_supernet(model: nn.Module, calib_batch: Tensor) -> None:
     Runs in train mode (activations normalised by the batch's own statistics, as in training);
     BatchNorm running statistics and the train/eval mode are restored afterwards.
     """
+    check_floating("calib_batch", calib_batch)
     quantizers = elastic_quantizers(model)
     bn_state = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
     was_training = model.training

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..validate import check_int, check_ints, check_real
 from .accounting import CostModel
 from .quantizer import BIT_CHOICES
 
@@ -52,6 +53,11 @@ def _split(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return bits[:, :half], bits[:, half:]
 
 
+def _check_costs(costs: object) -> None:
+    if not isinstance(costs, CostModel):
+        raise TypeError(f"costs must be a CostModel (from measure_costs(model, sample)), got {type(costs).__name__}")
+
+
 @dataclass(frozen=True)
 class AverageBits:
     """Average weight bits in ``(w_target − window, w_target]`` and average activation bits in
@@ -68,8 +74,11 @@ class AverageBits:
     window: float = 0.5
 
     def __post_init__(self) -> None:
-        if not self.window > 0:
-            raise ValueError(f"window must be positive, got {self.window}")
+        _check_costs(self.costs)
+        check_real("w_target", self.w_target, low=0, low_open=True)
+        if self.a_target is not None:
+            check_real("a_target", self.a_target, low=0, low_open=True)
+        check_real("window", self.window, low=0, low_open=True)
 
     def _direction(self, avg: np.ndarray, target: float) -> np.ndarray:
         """−1 where the average is above the interval, +1 below it, 0 inside; ``[P]``."""
@@ -94,6 +103,10 @@ class BitOpsBudget:
     costs: CostModel
     budget: float
 
+    def __post_init__(self) -> None:
+        _check_costs(self.costs)
+        check_real("budget", self.budget, low=0, low_open=True)
+
     def directions(self, w_bits: np.ndarray, a_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Over budget: every gene may move down (−1); within: none need to (0)."""
         over = -(self.costs.bitops(w_bits, a_bits) > self.budget).astype(int)
@@ -116,8 +129,8 @@ def mutate(genes: np.ndarray, rng: np.random.Generator, *, prob: float, num_choi
     Returns:
         a new ``[P, G]`` array.
     """
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"mutation prob must be in [0, 1], got {prob}")
+    check_real("mutation prob", prob, low=0, high=1)
+    check_int("num_choices", num_choices, low=1)
     resample = rng.random(genes.shape) < prob
     return np.where(resample, rng.integers(num_choices, size=genes.shape), genes)
 
@@ -159,7 +172,9 @@ def initial_population(size: int, num_layers: int, constraint: Constraint, rng: 
     Raises:
         ValueError: no feasible genome was found (e.g. a target below the lowest bit choice).
     """
-    choices = np.asarray(bit_choices)
+    check_int("size", size, low=1)
+    check_int("num_layers", num_layers, low=1)
+    choices = np.asarray(check_ints("bit_choices", bit_choices, low=1, increasing=True))
     found: list[np.ndarray] = []
     for _ in range(max_rounds):
         genes = rng.integers(len(choices), size=(size, 2 * num_layers))
@@ -242,15 +257,22 @@ def genetic_search(
     Returns:
         a :class:`SearchResult`; the best fitness in its history never decreases (elitism).
     """
-    if population < 4:
-        raise ValueError(f"population must be at least 4, got {population}")
-    if not 0 < elite_frac < 1:
-        raise ValueError(f"elite_frac must be in (0, 1), got {elite_frac}")
-    if generations < 0:
-        raise ValueError(f"generations must be non-negative, got {generations}")
+    check_int("population", population, low=4)
+    check_real("elite_frac", elite_frac, low=0, high=1, low_open=True, high_open=True)
+    check_int("generations", generations, low=0)
+    check_real("mutation_prob", mutation_prob, low=0, high=1)
+    check_int("retries", retries, low=0)
+    check_int("num_layers", num_layers, low=1)
+    if not isinstance(constraint, (AverageBits, BitOpsBudget)):
+        raise TypeError(f"constraint must be an AverageBits or a BitOpsBudget, got {type(constraint).__name__}")
+    if constraint.costs.num_elastic != num_layers:
+        raise ValueError(f"num_layers={num_layers} but the constraint's cost model has "
+                         f"{constraint.costs.num_elastic} elastic layers")
+    if not callable(fitness):
+        raise TypeError(f"fitness must be a function of (w_bits, a_bits), got {type(fitness).__name__}")
     rng = np.random.default_rng(seed)
-    choices = np.asarray(bit_choices)
-    n_elite = max(2, int(round(elite_frac * population)))
+    choices = np.asarray(check_ints("bit_choices", bit_choices, low=1, increasing=True))
+    n_elite = max(2, round(elite_frac * population))
     n_mutants = (population - n_elite) // 2
     n_children = population - n_elite - n_mutants
 
@@ -274,11 +296,11 @@ def genetic_search(
         order = np.argsort(-scores, kind="stable")
         elites, elite_scores = genes[order[:n_elite]], scores[order[:n_elite]]
 
-        def mutants() -> tuple[np.ndarray, np.ndarray]:
+        def mutants(elites: np.ndarray = elites) -> tuple[np.ndarray, np.ndarray]:
             parents = elites[rng.integers(n_elite, size=n_mutants)]
             return mutate(parents, rng, prob=mutation_prob, num_choices=len(choices)), parents
 
-        def children() -> tuple[np.ndarray, np.ndarray]:
+        def children(elites: np.ndarray = elites) -> tuple[np.ndarray, np.ndarray]:
             mothers = elites[rng.integers(n_elite, size=n_children)]
             fathers = elites[rng.integers(n_elite, size=n_children)]
             return crossover(mothers, fathers, rng), mothers

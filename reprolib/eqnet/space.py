@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from ..nn import Precision, set_precision
 from ..train import accuracy, recalibrate_bn, resolve_device
+from ..validate import check_int
 from .quantizer import BIT_CHOICES, num_elastic_layers
 
 __all__ = [
@@ -61,9 +62,9 @@ class SubnetConfig:
             bits = getattr(self, name)
             if not isinstance(bits, tuple):
                 raise TypeError(f"{name} must be a tuple of ints, got {type(bits).__name__}")
-            bad = [b for b in bits if isinstance(b, bool) or b not in BIT_CHOICES]
+            bad = [b for b in bits if isinstance(b, bool) or not isinstance(b, int) or b not in BIT_CHOICES]
             if bad:
-                raise ValueError(f"{name} has bit-widths {bad} outside BIT_CHOICES {BIT_CHOICES}")
+                raise ValueError(f"{name} has bit-widths {bad} outside BIT_CHOICES {BIT_CHOICES} (ints only)")
         if len(self.w_bits) != len(self.a_bits) or not self.w_bits:
             raise ValueError(
                 f"w_bits and a_bits need one entry per elastic layer (same non-zero length), "
@@ -87,7 +88,7 @@ class SubnetConfig:
     def precisions(self) -> list[Precision]:
         """One :class:`Precision` per quantized layer: first and last at 8 bits, same form."""
         fixed = Precision(FIXED_BITS, FIXED_BITS, **self.form)
-        return [fixed, *(Precision(w, a, **self.form) for w, a in zip(self.w_bits, self.a_bits)), fixed]
+        return [fixed, *(Precision(w, a, **self.form) for w, a in zip(self.w_bits, self.a_bits, strict=True)), fixed]
 
     @classmethod
     def uniform(cls, n_layers: int, bits: int, **form: Any) -> SubnetConfig:
@@ -111,6 +112,7 @@ def sample_random(n_layers: int, rng: random.Random) -> SubnetConfig:
     """A random subnet R (EQ-Net Sec. 3.4): every layer draws its weight bits and its activation
     bits independently and uniformly from :data:`BIT_CHOICES`; granularity and both symmetries
     are drawn uniformly too."""
+    check_int("n_layers", n_layers, low=1)
     if not isinstance(rng, random.Random):
         raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
     w = tuple(rng.choice(BIT_CHOICES) for _ in range(n_layers))
@@ -124,6 +126,8 @@ def apply_config(model: nn.Module, cfg: SubnetConfig) -> None:
     Raises:
         ValueError: ``cfg`` has a different number of layers than the model's elastic layers.
     """
+    if not isinstance(cfg, SubnetConfig):
+        raise TypeError(f"cfg must be a SubnetConfig, got {type(cfg).__name__}")
     n = num_elastic_layers(model)
     if cfg.n_layers != n:
         raise ValueError(f"the config has {cfg.n_layers} layers but the supernet has {n} elastic layers")
@@ -141,6 +145,7 @@ def evaluate_config(
 ) -> float:
     """Accuracy (%) of subnet ``cfg``: apply it, re-calibrate BatchNorm on ``calib_batches``
     batches of ``calib_loader`` (adaptive BN, Sec. 4.1), evaluate on ``eval_loader``."""
+    check_int("calib_batches", calib_batches, low=1)
     dev = resolve_device(device)
     model.to(dev)
     apply_config(model, cfg)

@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader
 from ..models import build_model
 from ..nn import quantized_layers
 from ..train import EpochHook, History, TrainConfig, fit, seed_everything
+from ..validate import check_int, check_ints, check_real
 from .losses import GUIDANCE, wdr_loss
-from .quantizer import build_supernet, num_elastic_layers
+from .quantizer import BIT_CHOICES, build_supernet, num_elastic_layers
 from .space import SubnetConfig, apply_config, evaluate_config, highest, lowest, sample_random
 
 __all__ = [
@@ -76,34 +77,55 @@ def make_supernet_step(
         seed: seeds the random-subnet sampler (its own ``random.Random``).
 
     Returns:
-        ``step(model, x, y)`` giving ``{"loss", "loss_H", "loss_R", "loss_L", "wdr"}``.
+        ``step(model, x, y)`` giving ``{"loss", "loss_H", "loss_R", "loss_L", "wdr"}``. The step
+        has ``state_dict()``/``load_state_dict()`` (its sampler's state), which :func:`fit`
+        checkpoints, so that a resumed run samples the same subnets as an uninterrupted one.
     """
     if guidance not in GUIDANCE:
         raise ValueError(f"guidance must be one of {sorted(GUIDANCE)}, got {guidance!r}")
-    if kurtosis_weight < 0 or skewness_weight < 0:
-        raise ValueError(f"WDR weights must be non-negative, got {kurtosis_weight}, {skewness_weight}")
-    rng = random.Random(seed)
+    check_real("kurtosis_weight", kurtosis_weight, low=0)
+    check_real("skewness_weight", skewness_weight, low=0)
+    check_real("kurtosis_target", kurtosis_target)
+    check_real("lam", lam, low=0, high=1)
+    check_real("temperature", temperature, low=0, low_open=True)
+    check_real("smoothing", smoothing, low=0, high=1, high_open=True)
+    check_int("seed", seed)
     kwargs = {"gpg": {"lam": lam, "temperature": temperature}, "smooth": {"smoothing": smoothing}}.get(guidance, {})
-    use_wdr = kurtosis_weight > 0 or skewness_weight > 0
+    wdr = (kurtosis_target, kurtosis_weight, skewness_weight) if kurtosis_weight > 0 or skewness_weight > 0 else None
+    return _SupernetStep(GUIDANCE[guidance], kwargs, wdr, random.Random(seed))
 
-    def step(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+
+class _SupernetStep:
+    """The step :func:`make_supernet_step` builds; ``rng`` draws the random subnets."""
+
+    def __init__(self, guidance: Callable[..., list[Tensor]], guidance_kwargs: dict[str, float],
+                 wdr: tuple[float, float, float] | None, rng: random.Random) -> None:
+        self.guidance, self.guidance_kwargs, self.wdr, self.rng = guidance, guidance_kwargs, wdr, rng
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         n = num_elastic_layers(model)
-        rand = sample_random(n, rng)
+        rand = sample_random(n, self.rng)
         logits = []
         for cfg in (highest(n, **rand.form), rand, lowest(n, **rand.form)):
             apply_config(model, cfg)
             logits.append(model(x))  # [N, K]
-        loss_h, loss_r, loss_l = GUIDANCE[guidance](logits, y, **kwargs)
+        loss_h, loss_r, loss_l = self.guidance(logits, y, **self.guidance_kwargs)
         out = {"loss_H": loss_h, "loss_R": loss_r, "loss_L": loss_l}
         total = loss_h + loss_r + loss_l
-        if use_wdr:
+        if self.wdr is not None:
             weights = [m.weight for _, m in quantized_layers(model)[1:]]
-            out["wdr"] = wdr_loss(weights, kurtosis_target, kurtosis_weight, skewness_weight)
+            out["wdr"] = wdr_loss(weights, *self.wdr)
             total = total + out["wdr"]
         out["loss"] = total
         return out
 
-    return step
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's state (plain Python ints: a weights-only checkpoint can hold it)."""
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
 
 
 def subnet_evaluator(
@@ -122,6 +144,8 @@ def subnet_evaluator(
     Returns:
         ``evaluate_fn(model, loader, device)`` giving ``{"acc_<name>": %, …, "acc": their mean}``.
     """
+    check_int("calib_batches", calib_batches, low=1)
+    check_ints("bits", bits, low=min(BIT_CHOICES), high=max(BIT_CHOICES))
 
     def evaluate_fn(model: nn.Module, loader: DataLoader, device: Any) -> dict[str, float]:
         chosen = configs or {f"{b}bit": SubnetConfig.uniform(num_elastic_layers(model), b) for b in bits}
@@ -192,6 +216,9 @@ def supernet_ablation(
     Returns:
         ``{(variant, seed): (trained model, History)}``.
     """
+    seeds = check_ints("seeds", seeds, low=0)
+    for kwargs in variants.values():  # a typo fails now, not after the first variant has trained
+        make_supernet_step(**kwargs)
     runs: dict[tuple[str, int], tuple[nn.Module, History]] = {}
     for seed in seeds:
         base = make_supernet(seed)

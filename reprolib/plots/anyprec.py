@@ -37,7 +37,7 @@ def accuracy_vs_bits(
     """
     fig, ax = plt.subplots(figsize=(8, 4.5))
     all_bits: list[int] = []
-    for (name, by_bits), marker in zip(curves.items(), "osD^vP*X"):
+    for (name, by_bits), marker in zip(curves.items(), "osD^vP*X", strict=False):
         bits = sorted(by_bits)
         all_bits += bits
         x = [_FLOAT_X if b == 32 else b for b in bits]

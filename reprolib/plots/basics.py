@@ -46,7 +46,8 @@ def ste_gradient(x, xhat, grad, *, qrange_x: tuple[float, float]) -> Figure:
     a.step(xs, _np(xhat), where="mid", color="C0")
     a.set(xlabel="input x", ylabel="x̂ = Q(x)", title="Forward: round and clamp")
     b.plot(xs, _np(grad), color="C3")
-    b.set(xlabel="input x", ylabel="∂L/∂x for ∂L/∂x̂ = 1", title="Backward: straight-through estimator", ylim=(-0.1, 1.2))
+    b.set(xlabel="input x", ylabel="∂L/∂x for ∂L/∂x̂ = 1", title="Backward: straight-through estimator",
+          ylim=(-0.1, 1.2))
     for ax in (a, b):
         for edge in qrange_x:
             ax.axvline(edge, color="0.5", ls=":", lw=1)

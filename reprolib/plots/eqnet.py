@@ -23,17 +23,20 @@ __all__ = [
 ]
 
 
-def elastic_staircases(quantizer, x: torch.Tensor, *, bits: Sequence[int] = (2, 3), granularity: str = "tensor") -> Figure:
+def elastic_staircases(
+    quantizer, x: torch.Tensor, *, bits: Sequence[int] = (2, 3), granularity: str = "tensor"
+) -> Figure:
     """Input vs. quantized output of one elastic quantizer, symmetric vs. asymmetric, one panel
     per bit-width. ``x``: the 1-D inputs to sweep (sorted), in the tensor's units."""
     fig, axes = plt.subplots(1, len(bits), figsize=(4.2 * len(bits), 3.6), sharey=True, squeeze=False)
     saved = quantizer.precision
-    for ax, b in zip(axes[0], bits):
+    for ax, b in zip(axes[0], bits, strict=True):
         for sym, style in ((True, "-"), (False, "--")):
             quantizer.apply_precision(Precision(b, b, granularity, sym, sym))
             with torch.no_grad():
                 y = quantizer(x.reshape(1, -1) if quantizer.role == "weight" else x)
-            ax.plot(x.numpy(), y.flatten().numpy(), style, lw=2, label="symmetric (β = 0)" if sym else "asymmetric (offset β)")
+            label = "symmetric (β = 0)" if sym else "asymmetric (offset β)"
+            ax.plot(x.numpy(), y.flatten().numpy(), style, lw=2, label=label)
         ax.plot(x.numpy(), x.numpy(), ":", color="grey", lw=1, label="identity")
         ax.set(title=f"{b}-bit", xlabel="input value", ylabel="quantized value")
         ax.legend(fontsize=8)
@@ -46,12 +49,13 @@ def channel_steps(quantizer, *, bits: Sequence[int] = (2, 4, 8)) -> Figure:
     """One layer's learned per-channel weight steps (bars, zoomed on their spread) against its per-tensor step: learned
     (solid) and derived from the per-channel ones by min / mean / max (dotted), per bit-width."""
     fig, axes = plt.subplots(1, len(bits), figsize=(4.2 * len(bits), 3.4), squeeze=False)
-    for ax, b in zip(axes[0], bits):
+    for ax, b in zip(axes[0], bits, strict=True):
         steps = quantizer.step_and_offset(b, "channel")[0].detach().flatten().numpy()
         ax.bar(np.arange(len(steps)), np.sort(steps), color="C0", alpha=0.7, label="per-channel steps (sorted)")
         learned = quantizer.log_step_tensor[str(b)].exp().item()
         ax.axhline(learned, color="C3", lw=2, label="per-tensor, learned")
-        for name, value, color in (("min", steps.min(), "C2"), ("mean", steps.mean(), "C1"), ("max", steps.max(), "C4")):
+        derived = (("min", steps.min(), "C2"), ("mean", steps.mean(), "C1"), ("max", steps.max(), "C4"))
+        for name, value, color in derived:
             ax.axhline(value, color=color, ls=":", lw=1.5, label=f"per-tensor from {name}")
         ax.set_ylim(0.9 * min(steps.min(), learned), 1.05 * max(steps.max(), learned))  # zoom on the spread
         ax.set(title=f"{b}-bit weight steps", xlabel="output channel (sorted by step)", ylabel="step size s")
@@ -115,7 +119,7 @@ def convergence_curves(
     per metric ``keys`` (history key → panel title; default 2-bit, 8-bit and the 2/4/8 mean)."""
     keys = keys or {"val_acc_2bit": "2-bit", "val_acc_8bit": "8-bit", "val_acc": "mean of 2/4/8-bit"}
     fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.6), squeeze=False)
-    for ax, (key, label) in zip(axes[0], keys.items()):
+    for ax, (key, label) in zip(axes[0], keys.items(), strict=True):
         for i, (name, runs) in enumerate(histories.items()):
             curves = np.array([h[key] for h in runs])  # [seeds, epochs]
             epochs = np.arange(1, curves.shape[1] + 1)

@@ -50,12 +50,12 @@ def accuracy_vs_bitops(uniform: Mapping[str, tuple[float, float]],
     mixed-precision subnets (``label → [(BitOPs, accuracy %), ...]``, one star per search),
     BitOPs of one sample's forward pass on a log axis."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ux, uy = zip(*uniform.values())
+    ux, uy = zip(*uniform.values(), strict=True)
     ax.plot(ux, uy, "o-", color="C0", label="uniform")
     for label, (x, y) in uniform.items():
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8, color="C0")
     for i, (label, points) in enumerate(searched.items()):
-        x, y = zip(*points)
+        x, y = zip(*points, strict=True)
         ax.plot(x, y, "*", ms=12, alpha=0.8, color=f"C{i + 1}", label=f"searched: {label}")
     ax.set_xscale("log")
     ax.set(xlabel="BitOPs per sample (log scale)", ylabel="measured test accuracy (%)", title=title)

@@ -29,7 +29,7 @@ def search_curves(curves: Mapping[str, Sequence[Sequence[float]]], *, ylabel: st
     return fig
 
 
-def value_usage(fractions: Mapping[str, "object"], *, ncols: int = 3,
+def value_usage(fractions: Mapping[str, object], *, ncols: int = 3,
                 title: str = "Which values the layers chose"):
     """Stacked bars: for each model (panel) and searchable layer (bar), the fraction of each value.
 
@@ -41,11 +41,11 @@ def value_usage(fractions: Mapping[str, "object"], *, ncols: int = 3,
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, min(n, ncols), figsize=(4.2 * min(n, ncols), 3.2 * nrows),
                              sharey=True, squeeze=False)
-    for ax, (label, frame) in zip(axes.flat, fractions.items()):
+    for ax, (label, frame) in zip(axes.flat, fractions.items(), strict=True):
         values = list(frame.columns)
         colors = plt.get_cmap("coolwarm")(np.linspace(0, 1, len(values)))
         bottom = np.zeros(len(frame))
-        for value, color in zip(values, colors):
+        for value, color in zip(values, colors, strict=True):
             share = frame[value].to_numpy()
             ax.bar(range(len(frame)), share, bottom=bottom, color=color, label=f"{value:g}", edgecolor="white")
             bottom += share
@@ -63,7 +63,7 @@ def value_usage(fractions: Mapping[str, "object"], *, ncols: int = 3,
     return fig
 
 
-def choice_settling(changes: Mapping[str, "object"], *, title: str = "How the choices settle"):
+def choice_settling(changes: Mapping[str, object], *, title: str = "How the choices settle"):
     """Left: the share of weights whose chosen value changed during each epoch (all searchable
     layers pooled), log scale; right: the temperature ``τ`` of each RDHS run's schedule.
 

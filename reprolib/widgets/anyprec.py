@@ -20,7 +20,8 @@ def bit_width_slider(
     Each move calls :func:`reprolib.anyprec.runtime_view` (``set_precision`` by truncation of the
     stored codes: no float weight, no data beyond the evaluation) and draws
     :func:`reprolib.plots.runtime_panel`: test accuracy, example predictions, the layer's codes.
-    Returns the widget box to display.
+    A text line under the slider (CSS class ``reprolib-runtime-accuracy``) states the bit-width and
+    the test accuracy, so they can be read without the figure. Returns the widget box to display.
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
@@ -31,11 +32,14 @@ def bit_width_slider(
 
     slider = widgets.IntSlider(value=bits, min=1, max=8, step=1, description="bits",
                                continuous_update=False)
+    label = widgets.HTML()
+    label.add_class("reprolib-runtime-accuracy")
     out = widgets.Output()
     images = np.asarray(examples[:, 0].cpu())
 
     def redraw(change=None) -> None:
         view = runtime_view(frozen, slider.value, loader, examples, layer, device)
+        label.value = f"<b>{view.bits}-bit</b> runtime: test accuracy <b>{view.accuracy:.1f} %</b>"
         with out:
             out.clear_output(wait=True)
             fig = runtime_panel(view, images, labels, layer=layer)
@@ -44,4 +48,4 @@ def bit_width_slider(
 
     slider.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([slider, out])
+    return widgets.VBox([slider, label, out])
