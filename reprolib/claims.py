@@ -205,7 +205,7 @@ _INTROS = {
     "anyprec": "Yu et al. store weights once as 8-bit codes and run at any lower bit-width by dropping least "
                "significant bits, with one BatchNorm per bit-width and recursive distillation.",
     "qts": "Lu et al. let every weight choose its value from a small finite set through learned logits, "
-           "trained by random differentiable hard sampling (RDHS) or their straight-through gradient (SGT).",
+           "trained by reparameterized deterministic hard sampling (RDHS) or stochastic gradient transfer (SGT).",
 }
 _PLURAL = {"holds": "hold", "does not hold": "do not hold", "inconclusive": "inconclusive"}
 
