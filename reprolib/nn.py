@@ -143,6 +143,16 @@ class Quantizer(PrecisionAware):
         return precision.w_bits if self.role == "weight" else precision.a_bits
 
 
+def _check_layout(channels: object, weight_dim: object, signed: object) -> None:
+    """The shape arguments every learned-step quantizer takes: ``channels`` (per-channel steps, or
+    ``None``), the weight's ``weight_dim`` and ``signed`` (``None``: signed for weights)."""
+    if channels is not None:
+        check_int("channels", channels, low=1)
+    check_int("weight_dim", weight_dim, low=1)
+    if signed is not None:
+        check_bool("signed", signed)
+
+
 def _lsq_bit_widths(bits: object) -> tuple[int, ...]:
     """``bits`` (an int or a non-empty sequence of ints in 1..32) as a tuple."""
     bit_widths = tuple(bits) if isinstance(bits, Sequence) and not isinstance(bits, str) else (bits,)
@@ -195,11 +205,7 @@ class LSQQuantizer(Quantizer):
         bit_widths = _lsq_bit_widths(bits)
         if channels is not None and role != "weight":
             raise ValueError("per-channel steps are for weights only (activations are per tensor)")
-        if channels is not None:
-            check_int("channels", channels, low=1)
-        check_int("weight_dim", weight_dim, low=1)
-        if signed is not None:
-            check_bool("signed", signed)
+        _check_layout(channels, weight_dim, signed)
         self.bit_widths = tuple(sorted(set(bit_widths)))
         self.signed = (role == "weight") if signed is None else signed
         shape = (channels,) + (1,) * (weight_dim - 1) if channels is not None else ()

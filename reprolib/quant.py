@@ -96,12 +96,12 @@ class _FakeQuantize(torch.autograd.Function):
             out.sub_(zero_point)
         out.mul_(step)
         ctx.qmin, ctx.qmax = qmin, qmax
-        ctx.save_for_backward(x, step, zero_point, code)
+        ctx.save_for_backward(x, step, inv_step, zero_point, code)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, step, zero_point, code = ctx.saved_tensors
+        x, step, inv_step, zero_point, code = ctx.saved_tensors
         # One new tensor: ``buf`` holds q, then σ², then 1 − σ², then ∂L/∂x (in place: a fresh
         # allocation costs more than the arithmetic on the CPU).
         buf = code.clamp(ctx.qmin, ctx.qmax)
@@ -115,7 +115,7 @@ class _FakeQuantize(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             if zero_point is not None:
                 sum_gq = sum_gq - _sum_to(zero_point * sum_g, step.shape)
-            grad_step = sum_gq - _dot_to(grad_x, x, step.shape) * torch.reciprocal(step)
+            grad_step = sum_gq - _dot_to(grad_x, x, step.shape) * inv_step
         if zero_point is not None and ctx.needs_input_grad[2]:
             grad_zp = _sum_to(-step * (sum_g - _sum_to(grad_x, joint)), zero_point.shape)
         return (grad_x if ctx.needs_input_grad[0] else None), grad_step, grad_zp, None, None

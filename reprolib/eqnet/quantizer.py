@@ -33,9 +33,18 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..nn import Precision, QuantConv2d, Quantizer, QuantLayer, QuantLinear, quantize_model, quantized_layers
+from ..nn import (
+    Precision,
+    QuantConv2d,
+    Quantizer,
+    QuantLayer,
+    QuantLinear,
+    _check_layout,
+    quantize_model,
+    quantized_layers,
+)
 from ..quant import fake_quantize, lsq_grad_scale, qrange, scale_grad
-from ..validate import check_bool, check_floating, check_int, check_ints
+from ..validate import check_floating, check_int, check_ints
 
 __all__ = [
     "BIT_CHOICES",
@@ -165,11 +174,7 @@ class ElasticQuantizer(Quantizer):
             raise ValueError("a weight ElasticQuantizer needs channels (its number of output channels)")
         if role == "act" and channels is not None:
             raise ValueError("activations are quantized per tensor; do not pass channels for role='act'")
-        if channels is not None:
-            check_int("channels", channels, low=1)
-        check_int("weight_dim", weight_dim, low=1)
-        if signed is not None:
-            check_bool("signed", signed)
+        _check_layout(channels, weight_dim, signed)
         self.bit_widths = bit_widths
         self.signed = (role == "weight") if signed is None else signed
         self.tensor_step: str = "learned"
